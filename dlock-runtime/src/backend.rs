@@ -1,0 +1,293 @@
+//! The backend contract: one small, object-safe async trait over request and lease structs.
+//!
+//! Backends do one atomic conditional write per call and report contention as a value. Retry,
+//! backoff, timeouts, renewal, stale-lock takeover and logging live once, in the runtime.
+
+use crate::{Error, LockName};
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// Who holds (or asks for) a lock: host + pid + a fresh random id per acquisition.
+///
+/// The random id is what every conditional release and renewal checks, so two workers that
+/// share a host name or a worker name can never release each other's locks.
+///
+/// ```
+/// let a = dlock_runtime::Owner::generate();
+/// let b = dlock_runtime::Owner::generate();
+/// assert_ne!(a.id, b.id);
+/// assert_eq!(a.pid, std::process::id());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// 128 random bits, hex-encoded; unique per acquisition.
+    pub id: String,
+    /// The host name of the machine that acquired the lock.
+    pub host: String,
+    /// The process id on that host.
+    pub pid: u32,
+}
+
+impl Owner {
+    /// A new owner for this process, with a fresh random id.
+    pub fn generate() -> Self {
+        Owner {
+            id: random_id(),
+            host: host_name().to_string(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// An owner whose identity the backend could not read (for example a lock file whose
+    /// holder is still writing its record).
+    pub fn unknown() -> Self {
+        Owner {
+            id: String::new(),
+            host: String::new(),
+            pid: 0,
+        }
+    }
+
+    /// Whether this is [`Owner::unknown`].
+    pub fn is_unknown(&self) -> bool {
+        self.id.is_empty()
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_unknown() {
+            return f.write_str("an owner that has not written its record yet");
+        }
+        write!(
+            f,
+            "owner {} (pid {} on host {})",
+            self.id, self.pid, self.host
+        )
+    }
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to a seeded generator; still unique per process and call.
+        let mut rng = fastrand::Rng::new();
+        bytes.iter_mut().for_each(|b| *b = rng.u8(..));
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This machine's host name (cached).
+pub fn host_name() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+        // on success (we also cap at the first NUL or the buffer end).
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        match (rc, std::str::from_utf8(&buf[..end])) {
+            (0, Ok(name)) if !name.is_empty() => name.to_string(),
+            _ => "unknown-host".to_string(),
+        }
+    })
+}
+
+/// An opaque record version: changes on every successful write of the lock record.
+///
+/// Versions are compared for equality only (a GCS generation, an S3 ETag, a counter). They are
+/// not fencing tokens: see [`Lease::fencing_token`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(String);
+
+impl Version {
+    /// Wraps a backend's version string.
+    pub fn new(version: impl Into<String>) -> Self {
+        Version(version.into())
+    }
+
+    /// The backend's version string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a backend knows about the current holder of a lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Who holds it.
+    pub owner: Owner,
+    /// The version of the lock record; a waiter that sees it unchanged for a whole `ttl` may
+    /// take the lock over.
+    pub version: Version,
+    /// When the holder acquired it, by the holder's clock: for people, never for decisions.
+    pub acquired_at: Option<SystemTime>,
+    /// The lease the holder declared.
+    pub ttl: Option<Duration>,
+    /// The holder's fencing token, where the backend issues them.
+    pub fencing_token: Option<u64>,
+}
+
+/// A held lock, as the backend wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The lock name.
+    pub name: LockName,
+    /// The owner that holds it.
+    pub owner: Owner,
+    /// The version of the record this owner wrote last; renew and release are conditional on it.
+    pub version: Version,
+    /// The lease duration.
+    pub ttl: Duration,
+    /// Strictly increasing per lock name across acquisitions, where the backend claims
+    /// [`Capabilities::fencing_tokens`].
+    pub fencing_token: Option<u64>,
+    /// When it was acquired, by this machine's clock.
+    pub acquired_at: SystemTime,
+}
+
+impl Lease {
+    /// The holder this lease shows to other clients.
+    pub fn holder(&self) -> Holder {
+        Holder {
+            owner: self.owner.clone(),
+            version: self.version.clone(),
+            acquired_at: Some(self.acquired_at),
+            ttl: Some(self.ttl),
+            fencing_token: self.fencing_token,
+        }
+    }
+}
+
+/// One attempt to take a lock.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AcquireRequest {
+    /// The lock name.
+    pub name: LockName,
+    /// The new owner.
+    pub owner: Owner,
+    /// The lease to write.
+    pub ttl: Duration,
+    /// Take the lock over from a stale holder whose record still has this version. The write
+    /// must be conditional on that version; the runtime sets this only after seeing the version
+    /// unchanged for a whole lease on its own monotonic clock.
+    pub replace: Option<Version>,
+}
+
+impl AcquireRequest {
+    /// A request to take a free lock.
+    pub fn new(name: LockName, owner: Owner, ttl: Duration) -> Self {
+        AcquireRequest {
+            name,
+            owner,
+            ttl,
+            replace: None,
+        }
+    }
+
+    /// The same request, as a takeover of the record with `version`.
+    pub fn replacing(mut self, version: Version) -> Self {
+        self.replace = Some(version);
+        self
+    }
+}
+
+/// The answer to [`Backend::try_acquire`]: contention is a value, not an error.
+#[derive(Clone, Debug)]
+pub enum AcquireOutcome {
+    /// The lock is ours.
+    Acquired(Lease),
+    /// Someone else holds it.
+    Busy(Holder),
+}
+
+/// What a backend can do; the runtime and the conformance suite adapt to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Lock records outlive a dead holder: the runtime renews them while the body runs and
+    /// takes a stale one over by the record-version rule.
+    pub leases: bool,
+    /// The lock is freed as soon as the holding process exits (an OS lock such as `flock`).
+    pub freed_on_exit: bool,
+    /// Leases carry fencing tokens that increase strictly per lock name.
+    pub fencing_tokens: bool,
+    /// Writes are rate-limited: waiters poll with [`Backend::inspect`] and write only when the
+    /// lock looks free or stale.
+    pub poll_with_reads: bool,
+}
+
+/// A lock store. Object-safe: the registry keeps `Arc<dyn Backend>`.
+///
+/// Rules every implementation keeps (checked by the [`conformance`](crate) suite):
+/// `try_acquire` is one atomic conditional write; `renew` and `release` are conditional on the
+/// lease's owner and version and fail with [`Error::Lost`] when someone else holds the lock
+/// now; no decision compares two machines' wall clocks; a retried write that comes back as a
+/// precondition failure is resolved by reading the record back and comparing owner ids.
+///
+/// ```
+/// use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, LockName, MemoryBackend, Owner};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock_runtime::Error> {
+/// let backend = MemoryBackend::new();
+/// let name = LockName::new("nightly-report")?;
+/// let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
+/// let AcquireOutcome::Acquired(lease) = backend.try_acquire(&request).await? else {
+///     unreachable!("a fresh backend has no holder");
+/// };
+/// assert_eq!(backend.inspect(&name).await?.map(|h| h.owner), Some(lease.owner.clone()));
+/// backend.release(&lease).await?;
+/// assert!(backend.inspect(&name).await?.is_none());
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A short name for messages: `file`, `memory`, `gcs`, ...
+    fn kind(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// One atomic attempt to take the lock (or to take over `request.replace`).
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error>;
+
+    /// Extends the lease to `ttl` from now, conditional on `lease.version`; returns the lease
+    /// with its new version, or [`Error::Lost`].
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error>;
+
+    /// Frees the lock, conditional on `lease.version`; [`Error::Lost`] if it is no longer ours
+    /// (then nothing is changed).
+    async fn release(&self, lease: &Lease) -> Result<(), Error>;
+
+    /// The current holder, if any.
+    async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error>;
+
+    /// Frees the lock without waiting on I/O, for guards dropped outside async code. Backends
+    /// whose release is a local syscall or a map removal return `Some`; the default `None`
+    /// makes the guard release in the background.
+    fn release_now(&self, lease: &Lease) -> Option<Result<(), Error>> {
+        let _ = lease;
+        None
+    }
+
+    /// What a person can do about a lock whose holder seems gone; part of busy/timeout errors.
+    fn stale_lock_hint(&self, name: &LockName, holder: Option<&Holder>) -> String {
+        let _ = holder;
+        format!(
+            "If its holder is gone, the lock is taken over once its record has stayed unchanged \
+             for a whole lease (ttl); to free `{name}` sooner, delete its record in the {} backend",
+            self.kind()
+        )
+    }
+}

@@ -1,0 +1,72 @@
+//! Backends from URLs, for configuration files, flags and environment variables.
+
+use crate::{Backend, Error};
+use std::sync::Arc;
+
+/// Builds the backend a URL describes.
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory://` | a new [`MemoryBackend`](crate::MemoryBackend) |
+/// | `file:///var/lock/app` | a [`FileBackend`](crate::FileBackend) in that directory (feature `file`) |
+///
+/// ```
+/// let backend = dlock_runtime::backend_from_url("memory://")?;
+/// assert_eq!(backend.kind(), "memory");
+/// let err = dlock_runtime::backend_from_url("redis://localhost").unwrap_err();
+/// assert!(err.to_string().contains("supported"));
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
+pub fn backend_from_url(url: &str) -> Result<Arc<dyn Backend>, Error> {
+    let config = |message: String| Error::Config { message };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(config(format!(
+            "`{url}` is not a backend URL; write it like `file:///var/lock/app` or `memory://`"
+        )));
+    };
+    match scheme {
+        "memory" if rest.is_empty() => Ok(Arc::new(crate::MemoryBackend::new())),
+        "memory" => Err(config(format!(
+            "`{url}`: a memory URL takes nothing after `memory://`"
+        ))),
+        "file" => file(url, rest),
+        "gs" | "s3" | "dynamodb" | "mongodb" => Err(config(format!(
+            "`{url}`: the `{scheme}` backend is not available in this version of dlock-runtime; \
+             supported here: {}",
+            supported()
+        ))),
+        _ => Err(config(format!(
+            "`{url}`: unknown backend scheme `{scheme}`; supported: {}",
+            supported()
+        ))),
+    }
+}
+
+fn supported() -> &'static str {
+    if cfg!(feature = "file") {
+        "file://, memory://"
+    } else {
+        "memory:// (enable the `file` feature for file://)"
+    }
+}
+
+#[cfg(feature = "file")]
+fn file(url: &str, path: &str) -> Result<Arc<dyn Backend>, Error> {
+    if !path.starts_with('/') {
+        return Err(Error::Config {
+            message: format!(
+                "`{url}`: a file URL needs an absolute path after `file://`, like `file:///var/lock/app`"
+            ),
+        });
+    }
+    Ok(Arc::new(crate::FileBackend::new(path)?))
+}
+
+#[cfg(not(feature = "file"))]
+fn file(url: &str, _path: &str) -> Result<Arc<dyn Backend>, Error> {
+    Err(Error::Config {
+        message: format!(
+            "`{url}`: the file backend is not compiled in; enable the `file` feature of dlock-runtime"
+        ),
+    })
+}

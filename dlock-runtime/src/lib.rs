@@ -1,0 +1,131 @@
+//! Declarative distributed locks.
+//!
+//! Mark a function with [`#[distributed_lock]`](distributed_lock) and it runs on one process
+//! (or machine) at a time per lock name; configure the backends once in `main` with a
+//! [`Registry`].
+//!
+//! ```
+//! use dlock_runtime::{FileBackend, Registry, distributed_lock};
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum AppError {
+//!     #[error(transparent)]
+//!     Lock(#[from] dlock_runtime::Error),
+//! }
+//!
+//! #[distributed_lock(name = "deploy-{env}", timeout = "60s")]
+//! async fn deploy(env: &str) -> Result<String, AppError> {
+//!     Ok(format!("deployed {env}"))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), AppError> {
+//!     # let dir = tempfile::tempdir().unwrap();
+//!     # let lock_dir = dir.path();
+//!     Registry::builder()
+//!         .backend("file", FileBackend::new(lock_dir)?)
+//!         .build()?
+//!         .install()
+//!         .expect("installed once");
+//!     assert_eq!(deploy("prod").await?, "deployed prod");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Backends
+//!
+//! | backend | feature | acquire | freed when the holder dies |
+//! |---|---|---|---|
+//! | [`MemoryBackend`] | always | in-process map with leases | after its lease (ttl) |
+//! | [`FileBackend`] | `file` (default) | `flock` on a file per lock | at once (the kernel) |
+//!
+//! Every backend implements [`Backend`] and passes the same [conformance suite](crate) (feature
+//! `conformance`). Retry, backoff, renewal, takeover of stale locks and logging live once, in
+//! the acquire loop and the [`LockGuard`].
+
+extern crate self as dlock_runtime;
+
+mod backend;
+mod backends;
+mod backoff;
+mod blocking;
+mod error;
+mod guard;
+mod lock;
+mod name;
+mod outcome;
+mod registry;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use backend::{
+    AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version, host_name,
+};
+#[cfg(feature = "file")]
+pub use backends::file::FileBackend;
+pub use backends::from_url::backend_from_url;
+pub use backends::memory::MemoryBackend;
+pub use backoff::{Backoff, Delays};
+pub use error::{BoxError, Error};
+pub use guard::{LockGuard, LockHandle, current};
+pub use lock::Lock;
+pub use name::{LockName, MAX_NAME_LEN};
+pub use outcome::LockOutcome;
+pub use registry::{AlreadyInstalled, DEFAULT_TTL, Registry, RegistryBuilder};
+
+/// Runs the function body while holding a distributed lock.
+///
+/// ```ignore
+/// #[distributed_lock(backend = "gcs", name = "deploy-{env}", timeout = "60s", ttl = "30s")]
+/// async fn deploy(env: &str) -> Result<(), AppError> { /* one machine at a time per env */ }
+/// ```
+///
+/// # Options
+///
+/// All are optional and checked at compile time; a mistake is a compile error at its token.
+///
+/// | option | meaning | default |
+/// |---|---|---|
+/// | `name = "..."` | lock name; `{arg}` is replaced by that argument's `Display` | `module::path::fn_name` |
+/// | `backend = "..."` | the registry's backend to use | the registry's default |
+/// | `timeout = "60s"` | how long to wait for the lock; `"0s"` makes one attempt | the registry's (zero) |
+/// | `ttl = "30s"` | lease: how long the lock outlives a holder that died; renewed while the body runs | the registry's (30s) |
+/// | `min_hold = "10s"` | keep the lock at least this long after acquiring it, so a short scheduled job is not re-run by a replica whose clock is behind | none |
+/// | `cancel_on_loss` | (async only) drop the body and return the lock error if the lease is lost | off |
+/// | `crate = "path"` | where the runtime crate is, when re-exported | `::dlock_runtime` |
+///
+/// Durations are [humantime](https://docs.rs/humantime) strings: `"500ms"`, `"60s"`, `"5m"`.
+///
+/// # What the function returns when the lock is not taken
+///
+/// Decided by its return type through [`LockOutcome`]: `Result<T, E>` with
+/// `E: From<dlock_runtime::Error>` returns `Err` (a busy error names the holder and how to free
+/// a stale lock), `Option<T>` returns `None`, and `()` skips the body and logs a warning.
+///
+/// ```
+/// use dlock_runtime::{MemoryBackend, Registry, distributed_lock};
+///
+/// #[distributed_lock(name = "report-{day}")]
+/// fn report(day: u32) -> Option<String> {
+///     Some(format!("report for day {day}"))
+/// }
+///
+/// let registry = Registry::builder().backend("memory", MemoryBackend::new()).build()?;
+/// registry.scope_sync(|| assert_eq!(report(3).as_deref(), Some("report for day 3")));
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
+///
+/// # What it works on
+///
+/// `async fn` and plain `fn` (which wait on dlock's background runtime, so they work inside or
+/// outside a tokio runtime), methods taking `self`, `&self` or `&mut self`, generic functions,
+/// functions returning `impl Future` or `Pin<Box<dyn Future>>` whose body is one `async` block,
+/// and `#[async_trait]` methods: the lock is held while the future runs, not while it is
+/// built. The lock is released on return, `?`, early `return`, panic, and when an async call
+/// is cancelled (dropped). Inside the body, [`current`] gives the fencing token and lost state.
+pub use dlock_macros::distributed_lock;

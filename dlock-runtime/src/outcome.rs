@@ -1,0 +1,53 @@
+//! How a locked function reports a lock it could not take.
+
+use crate::Error;
+
+/// Turns a lock failure (busy, timeout, backend error) into a value of a locked function's
+/// return type. The attribute requires it of the return type:
+///
+/// - `Result<T, E>` with `E: From<dlock_runtime::Error>` returns `Err`;
+/// - `Option<T>` returns `None` (and logs at debug level);
+/// - `()` skips the body (and logs a warning).
+///
+/// Implement it for your own return types to decide yourself:
+///
+/// ```
+/// use dlock_runtime::{Error, LockOutcome};
+///
+/// enum JobStatus { Done, Skipped(String) }
+///
+/// impl LockOutcome for JobStatus {
+///     fn from_lock_error(error: Error) -> Self {
+///         JobStatus::Skipped(error.to_string())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "#[distributed_lock] cannot report a busy or failed lock through `{Self}`",
+    label = "this return type cannot carry a lock failure",
+    note = "return `Result<T, E>` with `E: From<dlock_runtime::Error>`, `Option<T>` (None when the lock is not taken) or `()` (the body is skipped and the failure logged)",
+    note = "or implement `dlock_runtime::LockOutcome` for this type"
+)]
+pub trait LockOutcome {
+    /// The value the function returns when the lock was not taken.
+    fn from_lock_error(error: Error) -> Self;
+}
+
+impl<T, E: From<Error>> LockOutcome for Result<T, E> {
+    fn from_lock_error(error: Error) -> Self {
+        Err(E::from(error))
+    }
+}
+
+impl<T> LockOutcome for Option<T> {
+    fn from_lock_error(error: Error) -> Self {
+        tracing::debug!(error = %error, "lock not taken; returning None");
+        None
+    }
+}
+
+impl LockOutcome for () {
+    fn from_lock_error(error: Error) {
+        tracing::warn!(error = %error, "lock not taken; skipped the locked function");
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers shared by dlock's integration tests and its stress worker.
