@@ -212,7 +212,7 @@ pub(crate) fn parse_name_template(template: &str) -> Result<Vec<NamePart>, Strin
                         Some(c) => ident.push(c),
                         None => {
                             return Err(
-                                "unclosed `{` in lock name; write `{{` for a literal brace".into()
+                                "unclosed `{` in lock name; write `{{` for a literal brace".into(),
                             );
                         }
                     }

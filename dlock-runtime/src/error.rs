@@ -185,7 +185,7 @@ fn busy_message(
     let mut msg = match waited {
         Some(waited) => format!(
             "timed out after {} waiting for lock `{name}`",
-            humantime::format_duration(waited)
+            humantime::format_duration(Duration::from_millis(waited.as_millis() as u64))
         ),
         None => format!("lock `{name}` is busy"),
     };
