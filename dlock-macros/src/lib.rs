@@ -4,6 +4,8 @@
 //! runnable examples. This crate only parses the attribute, checks it against the function
 //! signature, and emits calls into `dlock_runtime::__private`; no lock logic lives here.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod attr;
 mod expand;
 

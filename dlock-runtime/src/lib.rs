@@ -43,6 +43,8 @@
 //! `conformance`). Retry, backoff, renewal, takeover of stale locks and logging live once, in
 //! the acquire loop and the [`LockGuard`].
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 extern crate self as dlock_runtime;
 
 mod backend;

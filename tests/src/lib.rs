@@ -1,1 +1,175 @@
-//! Helpers shared by dlock's integration tests and its stress worker.
+//! Helpers shared by dlock's integration tests: running worker processes against a backend URL
+//! and checking what they did.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a multi-process stress run did, read back from its log and counter.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StressReport {
+    /// Critical sections entered.
+    pub entries: usize,
+    /// Times a process entered while another was inside.
+    pub overlaps: usize,
+    /// The counter the processes incremented without synchronisation of their own.
+    pub counter: u64,
+}
+
+/// Runs `processes` workers at once, each taking the lock `name` `iterations` times through
+/// the backend at `backend_url`, and reports what the log shows.
+pub fn run_stress(
+    worker: &Path,
+    backend_url: &str,
+    name: &str,
+    processes: usize,
+    iterations: u32,
+) -> StressReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let counter = dir.path().join("counter");
+    std::fs::write(&counter, "0\n").expect("counter");
+    let children: Vec<Child> = (0..processes)
+        .map(|_| {
+            Command::new(worker)
+                .args(["--backend", backend_url, "--name", name, "stress"])
+                .arg("--iterations")
+                .arg(iterations.to_string())
+                .arg("--log")
+                .arg(&log)
+                .arg("--counter")
+                .arg(&counter)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut inside: Option<&str> = None;
+    let (mut entries, mut overlaps) = (0, 0);
+    for line in text.lines() {
+        let mut parts = line.split(' ');
+        match (parts.next(), parts.next()) {
+            (Some("enter"), Some(pid)) => {
+                entries += 1;
+                if inside.is_some() {
+                    overlaps += 1;
+                }
+                inside = Some(pid);
+            }
+            (Some("exit"), Some(pid)) => {
+                if inside == Some(pid) {
+                    inside = None;
+                }
+            }
+            _ => panic!("bad log line {line:?}"),
+        }
+    }
+    let counter = std::fs::read_to_string(&counter)
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    StressReport {
+        entries,
+        overlaps,
+        counter,
+    }
+}
+
+/// A worker that holds a lock until killed.
+pub struct Holder {
+    child: Child,
+}
+
+impl Holder {
+    /// Starts a worker that takes `name` and holds it; returns once it has the lock.
+    pub fn start(worker: &Path, backend_url: &str, name: &str) -> Holder {
+        let mut child = Command::new(worker)
+            .args(["--backend", backend_url, "--name", name, "hold"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn holder");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "acquired", "the holder did not get the lock");
+        Holder { child }
+    }
+
+    /// The holder's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to release anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One attempt by a separate process: `Ok(())` when it got the lock, `Err(stderr)` when busy.
+pub fn try_once(worker: &Path, backend_url: &str, name: &str) -> Result<(), String> {
+    try_once_with(Command::new(worker), backend_url, name)
+}
+
+/// [`try_once`] with a prepared command (another user, say).
+pub fn try_once_with(mut command: Command, backend_url: &str, name: &str) -> Result<(), String> {
+    let out = command
+        .args(["--backend", backend_url, "--name", name, "once"])
+        .output()
+        .expect("run worker");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(3) => Err(stderr),
+        other => panic!("worker failed ({other:?}): {stderr}"),
+    }
+}
+
+/// Polls [`try_once`] until it succeeds; returns how long that took.
+pub fn wait_until_free(worker: &Path, backend_url: &str, name: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        match try_once(worker, backend_url, name) {
+            Ok(()) => return start.elapsed(),
+            Err(busy) if start.elapsed() < limit => {
+                let _ = busy;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(busy) => panic!("still busy after {limit:?}: {busy}"),
+        }
+    }
+}
+
+/// A fresh lock name for one test run.
+pub fn fresh_name(prefix: &str) -> String {
+    format!("{prefix}-{}", &dlock_runtime::Owner::generate().id[..12])
+}
+
+/// The worker binary, copied where every user can run it (the build directory may not be).
+pub fn worker_copy_for_all_users(worker: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join("dlock-worker");
+    std::fs::copy(worker, &copy).expect("copy worker");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
+}

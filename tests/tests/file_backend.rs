@@ -1,0 +1,257 @@
+//! The file backend across processes and users: counted mutual exclusion, a `kill -9`'d
+//! holder, the multi-user traps of seed 004, and planted links.
+
+use dlock_runtime::{Backend, FileBackend, Lock, LockName};
+use dlock_tests::{
+    Holder, fresh_name, run_stress, try_once, try_once_with, worker_copy_for_all_users,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_dlock-worker");
+
+fn url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+#[test]
+fn four_processes_never_overlap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = run_stress(
+        Path::new(WORKER),
+        &url(dir.path()),
+        &fresh_name("stress"),
+        4,
+        250,
+    );
+    assert_eq!(report.entries, 1000, "{report:?}");
+    assert_eq!(
+        report.overlaps, 0,
+        "critical sections overlapped: {report:?}"
+    );
+    assert_eq!(report.counter, 1000, "lost updates: {report:?}");
+}
+
+#[test]
+fn a_killed_holders_lock_is_free_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, name) = (url(dir.path()), fresh_name("killed"));
+    let holder = Holder::start(Path::new(WORKER), &url, &name);
+    let busy = try_once(Path::new(WORKER), &url, &name).unwrap_err();
+    assert!(
+        busy.contains(&format!("pid {}", holder.pid())),
+        "the busy error names the holder: {busy}"
+    );
+    assert!(
+        busy.contains("The kernel frees it when"),
+        "and says how it is freed: {busy}"
+    );
+    holder.kill();
+    let start = Instant::now();
+    try_once(Path::new(WORKER), &url, &name).expect("free right after kill -9");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// Turns on Linux's `fs.protected_regular` (as Debian and Ubuntu ship it) for the test, so the
+/// trap of seed 004 is real here, and restores the old value afterwards.
+struct ProtectedRegular(Option<String>);
+
+impl ProtectedRegular {
+    const PATH: &str = "/proc/sys/fs/protected_regular";
+
+    fn enable() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).expect("read protected_regular");
+        std::fs::write(Self::PATH, "1")
+            .expect("this test runs as root and sets fs.protected_regular=1");
+        ProtectedRegular(Some(old))
+    }
+}
+
+impl Drop for ProtectedRegular {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = std::fs::write(Self::PATH, old.trim());
+        }
+    }
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn users_share_lock_files_in_a_sticky_directory() {
+    // Only root can run a worker as another user.
+    let uid = std::fs::metadata("/proc/self")
+        .expect("stat /proc/self")
+        .uid();
+    assert_eq!(
+        uid, 0,
+        "this test needs root: it runs a worker as `nobody` (uid {NOBODY})"
+    );
+    let _protected = ProtectedRegular::enable();
+
+    let base = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let worker = worker_copy_for_all_users(Path::new(WORKER), base.path());
+    let locks = base.path().join("locks");
+    let backend = Arc::new(FileBackend::new(&locks).expect("lock dir"));
+    let mode = std::fs::metadata(&locks)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(
+        mode, 0o1777,
+        "a new lock directory is sticky and shared like /tmp"
+    );
+    let url = url(&locks);
+    let as_nobody = || {
+        let mut command = Command::new(&worker);
+        command.uid(NOBODY).gid(NOBODY);
+        command
+    };
+
+    // `nobody` creates the lock file; root must still be able to lock it.
+    let name = fresh_name("users-a");
+    try_once_with(as_nobody(), &url, &name).expect("nobody takes a fresh lock");
+    let path = backend.path_for(&LockName::new(name.as_str()).expect("name"));
+    assert_eq!(std::fs::metadata(&path).expect("stat").uid(), NOBODY);
+    let trap = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path);
+    assert_eq!(
+        trap.map(drop).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::PermissionDenied),
+        "the seed-004 trap is live: even root cannot O_CREAT-open another user's file here"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let guard = Lock::new(name.as_str())
+            .acquire_on(backend.clone())
+            .await
+            .expect("root locks nobody's file");
+        let busy = try_once_with(as_nobody(), &url, &name).unwrap_err();
+        assert!(
+            busy.contains(&format!("pid {}", std::process::id())),
+            "nobody sees root's record: {busy}"
+        );
+        guard.release().await.expect("release");
+    });
+
+    // And the other way round: root creates, nobody locks.
+    let name = fresh_name("users-b");
+    rt.block_on(async {
+        let guard = Lock::new(name.as_str())
+            .acquire_on(backend.clone())
+            .await
+            .expect("root creates");
+        guard.release().await.expect("release");
+    });
+    try_once_with(as_nobody(), &url, &name).expect("nobody locks root's lock file");
+}
+
+#[tokio::test]
+async fn planted_links_are_never_followed_or_written_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Arc::new(FileBackend::new(dir.path().join("locks")).expect("dir"));
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "do not touch\n").expect("write");
+
+    let name = LockName::new(fresh_name("symlink")).expect("name");
+    std::os::unix::fs::symlink(&precious, backend.path_for(&name)).expect("plant symlink");
+    let err = Lock::new(name.as_str())
+        .acquire_on(backend.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("refusing to follow the symbolic link"),
+        "{err}"
+    );
+    assert!(!err.is_temporary(), "a planted link is not retried");
+
+    let name = LockName::new(fresh_name("hardlink")).expect("name");
+    std::fs::hard_link(&precious, backend.path_for(&name)).expect("plant hard link");
+    let err = Lock::new(name.as_str())
+        .acquire_on(backend.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("hard links"), "{err}");
+    assert!(
+        backend.inspect(&name).await.is_err(),
+        "inspect refuses it too"
+    );
+
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("read"),
+        "do not touch\n"
+    );
+}
+
+#[tokio::test]
+async fn hostile_names_stay_inside_the_directory() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let locks = base.path().join("locks");
+    let backend = Arc::new(FileBackend::new(&locks).expect("dir"));
+    let long = "n".repeat(1024);
+    for name in [
+        "../escape",
+        "/etc/passwd",
+        "a/../../b",
+        "..",
+        ".",
+        "%2e%2e%2f",
+        long.as_str(),
+    ] {
+        let guard = Lock::new(name)
+            .acquire_on(backend.clone())
+            .await
+            .expect("any valid name works");
+        guard.release().await.expect("release");
+    }
+    let inside: Vec<_> = std::fs::read_dir(&locks)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(inside.len(), 7, "one file per name, all inside: {inside:?}");
+    let outside: Vec<_> = std::fs::read_dir(base.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        ["locks"],
+        "nothing was created outside the lock directory"
+    );
+    for name in ["", "nul\0byte", &"n".repeat(1025)] {
+        let err = Lock::new(name)
+            .acquire_on(backend.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, dlock_runtime::Error::InvalidName { .. }),
+            "{name:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_unusable_directory_is_a_clear_error() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let file = base.path().join("plain-file");
+    std::fs::write(&file, "").expect("write");
+    let err = FileBackend::new(&file).unwrap_err();
+    assert!(err.to_string().contains("is not a directory"), "{err}");
+    let err = dlock_runtime::backend_from_url("file://relative/path").unwrap_err();
+    assert!(err.to_string().contains("absolute path"), "{err}");
+}
+
+use std::os::unix::fs::MetadataExt;
