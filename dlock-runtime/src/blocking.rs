@@ -1,9 +1,11 @@
-//! dlock's background runtime: runs the attempts of synchronous callers, and the renewals and
-//! releases that have no runtime of their own to run on.
+//! dlock's background runtime: drives the timers of synchronous callers, and runs the renewals
+//! and releases that have no runtime of their own to run on.
 
 use crate::Error;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::pin::pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use tokio::runtime::{Handle, Runtime};
 
 fn runtime() -> Result<&'static Runtime, Error> {
@@ -23,24 +25,36 @@ fn runtime() -> Result<&'static Runtime, Error> {
         })
 }
 
-/// Runs `future` to completion on the background runtime and waits for it on this thread.
+/// Runs `future` to completion on this thread, inside the background runtime's context (its
+/// timers and I/O driver run on the background thread and wake this one).
 ///
 /// Works on any thread: one with no runtime, or a tokio worker (which it then blocks, as any
-/// synchronous call would), because the future never runs on the caller's runtime.
-pub(crate) fn block_on<F>(future: F) -> Result<F::Output, Error>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime()?.spawn(async move {
-        let _ = tx.send(future.await);
-    });
-    rx.recv().map_err(|_| Error::Config {
-        message: "a lock operation panicked on dlock's background runtime; this is a bug in \
-                  the backend, see the panic message above"
-            .into(),
-    })
+/// synchronous call would), because it never starts a runtime on the calling thread. Polling
+/// here instead of on the background thread saves a thread hop per call.
+pub(crate) fn block_on<F: Future>(future: F) -> Result<F::Output, Error> {
+    let _context = runtime()?.enter();
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return Ok(output),
+            // A spurious unpark just polls again.
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 /// Runs `future` in the background: on the caller's tokio runtime if there is one, else on

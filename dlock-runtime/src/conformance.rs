@@ -6,8 +6,10 @@
 //! keep an unrenewed lock; one without fencing tokens must not hand out tokens). A backend's
 //! test file is one macro call:
 //!
-//! ```ignore
+//! ```no_run
+//! // tests/conformance.rs of a backend crate: one #[tokio::test] per check.
 //! dlock_runtime::conformance_tests!(memory, dlock_runtime::MemoryBackend::new());
+//! # fn main() {}
 //! ```
 
 use crate::backend::{AcquireOutcome, AcquireRequest, Backend, Capabilities, Lease, Owner};
@@ -156,7 +158,7 @@ impl Conformance {
             .lock(&name)
             .acquire_on(self.backend.clone())
             .await
-            .unwrap_err();
+            .expect_err("a second owner acquired a held lock");
         assert!(
             matches!(err, Error::Busy { .. }),
             "one attempt on a held lock: {err}"
@@ -185,7 +187,7 @@ impl Conformance {
             .lock(&name)
             .acquire_on(self.backend.clone())
             .await
-            .unwrap_err();
+            .expect_err("a second owner acquired a held lock");
         let text = err.to_string();
         assert!(
             text.contains(&holder.owner.id) && text.contains(crate::host_name()),
@@ -211,7 +213,7 @@ impl Conformance {
             .timeout(timeout)
             .acquire_on(self.backend.clone())
             .await
-            .unwrap_err();
+            .expect_err("acquired a lock that was held for the whole timeout");
         let waited = start.elapsed();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
         assert!(
@@ -336,7 +338,7 @@ impl Conformance {
                 .timeout(self.ttl)
                 .acquire_on(self.backend.clone())
                 .await
-                .unwrap_err();
+                .expect_err("took over a lock whose holder never let go (no leases)");
             assert!(matches!(err, Error::Timeout { .. }), "{err}");
             self.backend
                 .renew(&lease, self.ttl)
@@ -356,9 +358,17 @@ impl Conformance {
             .acquire_on(self.backend.clone())
             .await
             .expect("takeover of a stale lock");
-        let err = self.backend.release(&stale).await.unwrap_err();
+        let err = self
+            .backend
+            .release(&stale)
+            .await
+            .expect_err("a stale owner released the new holder's lock");
         assert!(matches!(err, Error::Lost { .. }), "stale release: {err}");
-        let err = self.backend.renew(&stale, self.ttl).await.unwrap_err();
+        let err = self
+            .backend
+            .renew(&stale, self.ttl)
+            .await
+            .expect_err("a stale owner renewed the new holder's lock");
         assert!(matches!(err, Error::Lost { .. }), "stale renew: {err}");
         let holder = self
             .backend
@@ -432,7 +442,10 @@ impl Conformance {
             .await
             .expect("the guard noticed the loss within three leases");
         assert!(guard.is_lost());
-        let err = guard.release().await.unwrap_err();
+        let err = guard
+            .release()
+            .await
+            .expect_err("a guard released a lock that was taken from it");
         assert!(matches!(err, Error::Lost { .. }), "{err}");
         self.backend
             .release(&stolen)

@@ -82,9 +82,15 @@ pub use registry::{AlreadyInstalled, DEFAULT_TTL, Registry, RegistryBuilder};
 
 /// Runs the function body while holding a distributed lock.
 ///
-/// ```ignore
-/// #[distributed_lock(backend = "gcs", name = "deploy-{env}", timeout = "60s", ttl = "30s")]
-/// async fn deploy(env: &str) -> Result<(), AppError> { /* one machine at a time per env */ }
+/// ```no_run
+/// # use dlock_runtime::distributed_lock;
+/// # #[derive(Debug)] struct AppError;
+/// # impl From<dlock_runtime::Error> for AppError { fn from(_: dlock_runtime::Error) -> Self { AppError } }
+/// #[distributed_lock(backend = "shared", name = "deploy-{env}", timeout = "60s", ttl = "30s")]
+/// async fn deploy(env: &str) -> Result<(), AppError> {
+///     // runs on one process or machine at a time per env
+///     Ok(())
+/// }
 /// ```
 ///
 /// # Options

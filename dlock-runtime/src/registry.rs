@@ -169,12 +169,15 @@ impl Registry {
 #[derive(Debug, Default)]
 #[must_use = "call .build() and install the registry"]
 pub struct RegistryBuilder {
-    backends: Vec<(String, Result<Arc<dyn Backend>, Error>)>,
+    backends: Vec<(String, BuiltBackend)>,
     default: Option<String>,
     timeout: Option<Duration>,
     ttl: Option<Duration>,
     backoff: Option<Backoff>,
 }
+
+/// A backend as registered: URLs are parsed when registered, their errors reported by `build`.
+type BuiltBackend = Result<Arc<dyn Backend>, Error>;
 
 /// The lease a lock gets when neither it nor the registry sets `ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -345,7 +348,9 @@ mod tests {
                     ["inner"]
                 );
             });
-            let _ = std::panic::catch_unwind(|| inner.scope_sync(|| panic!("body panics")));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inner.scope_sync(|| panic!("body panics"))
+            }));
             assert_eq!(
                 Registry::current().expect("scoped").backend_names(),
                 ["outer"]

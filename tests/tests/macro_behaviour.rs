@@ -238,6 +238,8 @@ async fn default_name_is_module_path_and_fn_name() {
     );
 }
 
+// This shape is the subject of the test, so it is not written as an `async fn`.
+#[allow(clippy::manual_async_fn)]
 #[distributed_lock(name = "future-body")]
 fn future_body(backend: Arc<MemoryBackend>) -> impl Future<Output = Option<bool>> {
     async move {
@@ -339,7 +341,7 @@ async fn every_exit_releases_the_lock() {
             assert_eq!(exits("normal").await.expect("normal"), 0);
             assert!(holder_of(&backend, "exits").await.is_none());
 
-            let panicked = tokio::spawn(registry.clone().scope_owned(exits("panic"))).await;
+            let panicked = tokio::spawn(scoped(registry.clone(), exits("panic"))).await;
             assert!(panicked.is_err_and(|e| e.is_panic()));
             wait_free(&backend, "exits").await;
 
@@ -367,25 +369,9 @@ async fn wait_free(backend: &MemoryBackend, name: &str) {
     panic!("{name} was not released");
 }
 
-trait ScopeOwned {
-    fn scope_owned<F: Future + Send + 'static>(
-        self,
-        f: F,
-    ) -> impl Future<Output = F::Output> + Send + 'static
-    where
-        F::Output: Send;
-}
-
-impl ScopeOwned for Registry {
-    fn scope_owned<F: Future + Send + 'static>(
-        self,
-        f: F,
-    ) -> impl Future<Output = F::Output> + Send + 'static
-    where
-        F::Output: Send,
-    {
-        async move { self.scope(f).await }
-    }
+/// `registry.scope(f)` as an owned future, for `tokio::spawn`.
+async fn scoped<F: Future>(registry: Registry, f: F) -> F::Output {
+    registry.scope(f).await
 }
 
 #[distributed_lock(name = "waits", timeout = "5s")]
@@ -474,7 +460,7 @@ async fn cancellable(steps: Arc<AtomicUsize>) -> Result<(), AppError> {
 async fn cancel_on_loss_stops_the_body_when_the_lock_is_taken() {
     let (registry, backend) = memory_registry();
     let steps = Arc::new(AtomicUsize::new(0));
-    let run = tokio::spawn(registry.clone().scope_owned(cancellable(steps.clone())));
+    let run = tokio::spawn(scoped(registry.clone(), cancellable(steps.clone())));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Another owner takes the lock over (as if this holder's lease had run out).
     let name = LockName::new("cancellable").expect("name");

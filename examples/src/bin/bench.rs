@@ -1,0 +1,157 @@
+//! What a lock costs over the calls it must make: an acquire/release cycle through dlock
+//! against the raw operations underneath (the file backend's open + flock + record write +
+//! unlock, the memory backend's two map operations). Prints a table of mean times and ratios.
+//!
+//! ```text
+//! cargo run --release -p dlock-examples --bin bench
+//! ```
+
+use dlock_runtime::distributed_lock;
+use dlock_runtime::{
+    AcquireOutcome, AcquireRequest, Backend, FileBackend, Lock, LockName, MemoryBackend, Owner,
+    Registry,
+};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error(transparent)]
+    Lock(#[from] dlock_runtime::Error),
+}
+
+#[distributed_lock(name = "bench-macro-async", backend = "bench")]
+async fn locked_async() -> Result<(), BenchError> {
+    Ok(())
+}
+
+#[distributed_lock(name = "bench-macro-sync", backend = "bench")]
+fn locked_sync() -> Result<(), BenchError> {
+    Ok(())
+}
+
+/// Mean time per iteration of `f`, after a warm-up.
+async fn mean<F, Fut>(iterations: u32, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..iterations / 10 {
+        f().await;
+    }
+    let start = Instant::now();
+    for _ in 0..iterations {
+        f().await;
+    }
+    start.elapsed() / iterations
+}
+
+fn row(what: &str, time: Duration, baseline: Duration) {
+    println!(
+        "| {what:<44} | {:>9.2} | {:>5.2}x |",
+        time.as_nanos() as f64 / 1000.0,
+        time.as_nanos() as f64 / baseline.as_nanos().max(1) as f64
+    );
+}
+
+/// The calls the file backend makes for one cycle, made directly: open (no follow), fstat
+/// (the link-count and size checks), flock, read the last fencing token, write the holder
+/// record, then clear it, unlock and close.
+fn raw_file_cycle(path: &std::path::Path) {
+    let file: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc_o_nofollow())
+        .open(path)
+        .expect("open");
+    let meta = file.metadata().expect("fstat");
+    assert_eq!(meta.nlink(), 1);
+    file.try_lock().expect("uncontended");
+    let mut buf = [0u8; 4096];
+    let _ = file.read_at(&mut buf, 0).expect("read");
+    let held = b"dlock-lock v1\ntoken=1\nowner=0123456789abcdef0123456789abcdef\nhost=h\npid=1\nacquired_at_ms=0\nend\n";
+    file.write_all_at(held, 0).expect("write");
+    file.set_len(held.len() as u64).expect("truncate");
+    let free = b"dlock-lock v1\ntoken=1\nend\n";
+    file.write_all_at(free, 0).expect("write");
+    file.set_len(free.len() as u64).expect("truncate");
+    file.unlock().expect("unlock");
+}
+
+/// `O_NOFOLLOW` (Linux value, to keep this example free of a libc dependency).
+fn libc_o_nofollow() -> i32 {
+    0o400000
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = Arc::new(FileBackend::new(dir.path()).expect("dir"));
+    let memory = Arc::new(MemoryBackend::new());
+    Registry::builder()
+        .backend_arc("bench", file.clone())
+        .build()
+        .expect("registry")
+        .install()
+        .expect("install");
+
+    println!("| cycle (acquire + release, uncontended)       | mean (µs) | vs raw |");
+    println!("|----------------------------------------------|-----------|--------|");
+
+    let path = dir.path().join("raw.lock");
+    let raw = mean(5000, || async { raw_file_cycle(&path) }).await;
+    row("file: the same syscalls, made directly", raw, raw);
+    let name = LockName::new("bench-backend").expect("name");
+    let backend_only = mean(5000, || async {
+        let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
+        let AcquireOutcome::Acquired(lease) = file.try_acquire(&request).await.expect("acquire")
+        else {
+            panic!("uncontended")
+        };
+        file.release(&lease).await.expect("release");
+    })
+    .await;
+    row("file: Backend::try_acquire + release", backend_only, raw);
+    let lock = mean(5000, || async {
+        let guard = Lock::new("bench-lock")
+            .acquire_on(file.clone())
+            .await
+            .expect("acquire");
+        guard.release().await.expect("release");
+    })
+    .await;
+    row("file: Lock::acquire_on + release", lock, raw);
+    let attr_async = mean(5000, || async { locked_async().await.expect("locked") }).await;
+    row("file: #[distributed_lock] async fn", attr_async, raw);
+    let attr_sync = mean(5000, || async { locked_sync().expect("locked") }).await;
+    row(
+        "file: #[distributed_lock] fn (blocking path)",
+        attr_sync,
+        raw,
+    );
+
+    let name = LockName::new("bench-memory").expect("name");
+    let raw = mean(50_000, || async {
+        let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
+        let AcquireOutcome::Acquired(lease) = memory.try_acquire(&request).await.expect("acquire")
+        else {
+            panic!("uncontended")
+        };
+        memory.release(&lease).await.expect("release");
+    })
+    .await;
+    row("memory: Backend::try_acquire + release", raw, raw);
+    let lock = mean(50_000, || async {
+        let guard = Lock::new("bench-memory-lock")
+            .acquire_on(memory.clone())
+            .await
+            .expect("acquire");
+        guard.release().await.expect("release");
+    })
+    .await;
+    row("memory: Lock::acquire_on + release", lock, raw);
+}
