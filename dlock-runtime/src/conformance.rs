@@ -12,7 +12,7 @@
 //! # fn main() {}
 //! ```
 
-use crate::backend::{AcquireOutcome, AcquireRequest, Backend, Capabilities, Lease, Owner};
+use crate::backend::{AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner};
 use crate::{Error, Lock, LockGuard, LockName};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -87,12 +87,7 @@ impl Conformance {
     /// Without leases, a lock is held until released or its process exits: a takeover of its
     /// current version must be refused, however long it has been unchanged.
     async fn assert_takeover_refused(&self, name: &LockName) {
-        let current = self
-            .backend
-            .inspect(name)
-            .await
-            .expect("inspect")
-            .expect("held");
+        let current = self.holder(name).await;
         let thief = AcquireRequest::new(name.clone(), Owner::generate(), self.ttl)
             .replacing(current.version);
         let outcome = self
@@ -111,9 +106,16 @@ impl Conformance {
         Lock::new(name.as_str()).ttl(self.ttl)
     }
 
-    async fn acquire(&self, name: &LockName) -> LockGuard {
+    /// Takes `name` through the runtime, waiting up to `timeout`.
+    async fn take(&self, name: &LockName, timeout: Duration) -> Result<LockGuard, Error> {
         self.lock(name)
+            .timeout(timeout)
             .acquire_on(self.backend.clone())
+            .await
+    }
+
+    async fn acquire(&self, name: &LockName) -> LockGuard {
+        self.take(name, Duration::ZERO)
             .await
             .unwrap_or_else(|e| panic!("acquiring free lock {name}: {e}"))
     }
@@ -132,6 +134,14 @@ impl Conformance {
             AcquireOutcome::Acquired(lease) => lease,
             AcquireOutcome::Busy(h) => panic!("{name} should be free, but is held by {}", h.owner),
         }
+    }
+
+    /// The current holder of `name`, which must be held.
+    async fn holder(&self, name: &LockName) -> Holder {
+        let found = self.backend.inspect(name).await;
+        found
+            .expect("inspect")
+            .unwrap_or_else(|| panic!("{name} should be held"))
     }
 
     async fn assert_busy(&self, name: &LockName, why: &str) {
@@ -155,8 +165,7 @@ impl Conformance {
         let guard = self.acquire(&name).await;
         self.assert_busy(&name, "while held").await;
         let err = self
-            .lock(&name)
-            .acquire_on(self.backend.clone())
+            .take(&name, Duration::ZERO)
             .await
             .expect_err("a second owner acquired a held lock");
         assert!(
@@ -170,12 +179,7 @@ impl Conformance {
     pub async fn busy_names_holder(&self) {
         let name = fresh_name("holder");
         let guard = self.acquire(&name).await;
-        let holder = self
-            .backend
-            .inspect(&name)
-            .await
-            .expect("inspect")
-            .expect("held");
+        let holder = self.holder(&name).await;
         let AcquireOutcome::Busy(busy) = self.raw(&name, self.ttl).await else {
             panic!("lock was free while held");
         };
@@ -184,8 +188,7 @@ impl Conformance {
         assert_eq!(busy.owner.host, crate::host_name());
         assert_eq!(busy.owner.id.len(), 32, "a 128-bit random owner id");
         let err = self
-            .lock(&name)
-            .acquire_on(self.backend.clone())
+            .take(&name, Duration::ZERO)
             .await
             .expect_err("a second owner acquired a held lock");
         let text = err.to_string();
@@ -209,9 +212,7 @@ impl Conformance {
         let timeout = Duration::from_millis(400);
         let start = Instant::now();
         let err = self
-            .lock(&name)
-            .timeout(timeout)
-            .acquire_on(self.backend.clone())
+            .take(&name, timeout)
             .await
             .expect_err("acquired a lock that was held for the whole timeout");
         let waited = start.elapsed();
@@ -260,9 +261,7 @@ impl Conformance {
             guard.release().await
         });
         let waiter = self
-            .lock(&name)
-            .timeout(Duration::from_secs(10))
-            .acquire_on(self.backend.clone())
+            .take(&name, Duration::from_secs(10))
             .await
             .expect("waiter acquires after release");
         assert!(
@@ -278,9 +277,7 @@ impl Conformance {
         let name = fresh_name("drop");
         drop(self.acquire(&name).await);
         let again = self
-            .lock(&name)
-            .timeout(Duration::from_secs(5))
-            .acquire_on(self.backend.clone())
+            .take(&name, Duration::from_secs(5))
             .await
             .expect("free again after the guard was dropped");
         again.release().await.expect("release");
@@ -292,12 +289,7 @@ impl Conformance {
         self.assert_free(&name, "before acquiring").await;
         let guard = self.acquire(&name).await;
         let lease = guard.handle();
-        let holder = self
-            .backend
-            .inspect(&name)
-            .await
-            .expect("inspect")
-            .expect("held");
+        let holder = self.holder(&name).await;
         assert_eq!(
             holder.fencing_token,
             lease.fencing_token().filter(|_| self.caps().fencing_tokens)
@@ -312,11 +304,7 @@ impl Conformance {
         let guard = self.acquire(&name).await;
         let until = Instant::now() + self.ttl * 3;
         while Instant::now() < until {
-            let waiter = self
-                .lock(&name)
-                .timeout(self.ttl / 4)
-                .acquire_on(self.backend.clone())
-                .await;
+            let waiter = self.take(&name, self.ttl / 4).await;
             assert!(
                 waiter.is_err(),
                 "lock taken over while its holder was alive and renewing"
@@ -334,9 +322,7 @@ impl Conformance {
             let lease = self.raw_lease(&name).await;
             tokio::time::sleep(self.ttl * 2).await;
             let err = self
-                .lock(&name)
-                .timeout(self.ttl)
-                .acquire_on(self.backend.clone())
+                .take(&name, self.ttl)
                 .await
                 .expect_err("took over a lock whose holder never let go (no leases)");
             assert!(matches!(err, Error::Timeout { .. }), "{err}");
@@ -353,9 +339,7 @@ impl Conformance {
         let name = fresh_name("stale");
         let stale = self.raw_lease(&name).await; // never renewed: dies after one ttl
         let next = self
-            .lock(&name)
-            .timeout(self.ttl * 10)
-            .acquire_on(self.backend.clone())
+            .take(&name, self.ttl * 10)
             .await
             .expect("takeover of a stale lock");
         let err = self
@@ -370,12 +354,7 @@ impl Conformance {
             .await
             .expect_err("a stale owner renewed the new holder's lock");
         assert!(matches!(err, Error::Lost { .. }), "stale renew: {err}");
-        let holder = self
-            .backend
-            .inspect(&name)
-            .await
-            .expect("inspect")
-            .expect("still held");
+        let holder = self.holder(&name).await;
         assert_ne!(
             holder.owner.id, stale.owner.id,
             "the new holder keeps the lock"
@@ -396,12 +375,7 @@ impl Conformance {
         }
         let _dead = self.raw_lease(&name).await;
         let start = Instant::now();
-        let next = self
-            .lock(&name)
-            .timeout(self.ttl * 10)
-            .acquire_on(self.backend.clone())
-            .await
-            .expect("takeover");
+        let next = self.take(&name, self.ttl * 10).await.expect("takeover");
         let waited = start.elapsed();
         assert!(
             waited >= self.ttl,
@@ -425,12 +399,7 @@ impl Conformance {
             return;
         }
         let handle = guard.handle();
-        let current = self
-            .backend
-            .inspect(&name)
-            .await
-            .expect("inspect")
-            .expect("held");
+        let current = self.holder(&name).await;
         let thief = AcquireRequest::new(name.clone(), Owner::generate(), self.ttl)
             .replacing(current.version);
         let AcquireOutcome::Acquired(stolen) =
@@ -469,9 +438,7 @@ impl Conformance {
         self.assert_busy(&name, "within min_hold after release")
             .await;
         let next = self
-            .lock(&name)
-            .timeout(hold * 10)
-            .acquire_on(self.backend.clone())
+            .take(&name, hold * 10)
             .await
             .expect("acquire after min_hold");
         assert!(
@@ -499,9 +466,7 @@ impl Conformance {
             tasks.push(tokio::spawn(async move {
                 for _ in 0..ROUNDS {
                     let guard = suite
-                        .lock(&name)
-                        .timeout(Duration::from_secs(60))
-                        .acquire_on(suite.backend.clone())
+                        .take(&name, Duration::from_secs(60))
                         .await
                         .expect("acquire");
                     if inside.fetch_add(1, Ordering::SeqCst) != 0 {
@@ -557,12 +522,7 @@ impl Conformance {
             let dead = self.raw_lease(&name).await;
             let dead_token = dead.fencing_token.expect("a fencing token");
             assert!(dead_token > last);
-            let next = self
-                .lock(&name)
-                .timeout(self.ttl * 10)
-                .acquire_on(self.backend.clone())
-                .await
-                .expect("takeover");
+            let next = self.take(&name, self.ttl * 10).await.expect("takeover");
             assert!(
                 next.fencing_token().expect("token") > dead_token,
                 "takeover token must be newer"

@@ -137,12 +137,7 @@ impl Error {
         message: impl Into<String>,
         source: Option<BoxError>,
     ) -> Self {
-        Error::Backend {
-            backend,
-            temporary: false,
-            message: message.into(),
-            source,
-        }
+        Self::backend(backend, false, message.into(), source)
     }
 
     /// A backend failure that may go away by retrying (timeouts, throttling, 5xx).
@@ -151,10 +146,19 @@ impl Error {
         message: impl Into<String>,
         source: Option<BoxError>,
     ) -> Self {
+        Self::backend(backend, true, message.into(), source)
+    }
+
+    fn backend(
+        backend: &'static str,
+        temporary: bool,
+        message: String,
+        source: Option<BoxError>,
+    ) -> Self {
         Error::Backend {
             backend,
-            temporary: true,
-            message: message.into(),
+            temporary,
+            message,
             source,
         }
     }

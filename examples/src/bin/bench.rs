@@ -87,6 +87,23 @@ fn libc_o_nofollow() -> i32 {
     0o400000
 }
 
+/// The backend's two calls, without the runtime.
+async fn backend_cycle(backend: &dyn Backend, name: &str) {
+    let name = LockName::new(name).expect("name");
+    let request = AcquireRequest::new(name, Owner::generate(), Duration::from_secs(30));
+    let AcquireOutcome::Acquired(lease) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("uncontended")
+    };
+    backend.release(&lease).await.expect("release");
+}
+
+/// A cycle through the runtime: owner, guard (and renewal task where the backend has leases).
+async fn lock_cycle(backend: Arc<dyn Backend>, name: &str) {
+    let guard = Lock::new(name).acquire_on(backend).await.expect("acquire");
+    guard.release().await.expect("release");
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -105,25 +122,9 @@ async fn main() {
     let path = dir.path().join("raw.lock");
     let raw = mean(5000, || async { raw_file_cycle(&path) }).await;
     row("file: the same syscalls, made directly", raw, raw);
-    let name = LockName::new("bench-backend").expect("name");
-    let backend_only = mean(5000, || async {
-        let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
-        let AcquireOutcome::Acquired(lease) = file.try_acquire(&request).await.expect("acquire")
-        else {
-            panic!("uncontended")
-        };
-        file.release(&lease).await.expect("release");
-    })
-    .await;
+    let backend_only = mean(5000, || backend_cycle(file.as_ref(), "bench-backend")).await;
     row("file: Backend::try_acquire + release", backend_only, raw);
-    let lock = mean(5000, || async {
-        let guard = Lock::new("bench-lock")
-            .acquire_on(file.clone())
-            .await
-            .expect("acquire");
-        guard.release().await.expect("release");
-    })
-    .await;
+    let lock = mean(5000, || lock_cycle(file.clone(), "bench-lock")).await;
     row("file: Lock::acquire_on + release", lock, raw);
     let attr_async = mean(5000, || async { locked_async().await.expect("locked") }).await;
     row("file: #[distributed_lock] async fn", attr_async, raw);
@@ -134,24 +135,8 @@ async fn main() {
         raw,
     );
 
-    let name = LockName::new("bench-memory").expect("name");
-    let raw = mean(50_000, || async {
-        let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
-        let AcquireOutcome::Acquired(lease) = memory.try_acquire(&request).await.expect("acquire")
-        else {
-            panic!("uncontended")
-        };
-        memory.release(&lease).await.expect("release");
-    })
-    .await;
+    let raw = mean(50_000, || backend_cycle(memory.as_ref(), "bench-memory")).await;
     row("memory: Backend::try_acquire + release", raw, raw);
-    let lock = mean(50_000, || async {
-        let guard = Lock::new("bench-memory-lock")
-            .acquire_on(memory.clone())
-            .await
-            .expect("acquire");
-        guard.release().await.expect("release");
-    })
-    .await;
+    let lock = mean(50_000, || lock_cycle(memory.clone(), "bench-memory-lock")).await;
     row("memory: Lock::acquire_on + release", lock, raw);
 }
