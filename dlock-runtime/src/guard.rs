@@ -221,7 +221,9 @@ async fn release(shared: Arc<Shared>, renewer: Option<JoinHandle<()>>) -> Result
         }
         tokio::time::sleep(left).await;
     }
-    shared.backend.release(&lease).await
+    shared.backend.release(&lease).await?;
+    tracing::debug!(lock = %shared.name, "released lock");
+    Ok(())
 }
 
 /// Renews the lease at about a third of its ttl until released; marks the lock lost when the

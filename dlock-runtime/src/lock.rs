@@ -279,3 +279,261 @@ fn give_up(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The acquire loop and renewal on tokio's paused clock: timings are exact, not sampled.
+
+    use super::*;
+    use crate::backend::{AcquireOutcome, Capabilities, Lease};
+    use crate::{MemoryBackend, Owner};
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The memory backend with call counters, optional read-polling, and scripted failures.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        inner: MemoryBackend,
+        poll_with_reads: bool,
+        writes: AtomicUsize,
+        reads: AtomicUsize,
+        renewals: AtomicUsize,
+        acquire_errors: Mutex<VecDeque<Error>>,
+        renew_fails: bool,
+    }
+
+    fn temporary() -> Error {
+        Error::temporary("scripted", "503 slow down", None)
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                poll_with_reads: self.poll_with_reads,
+                ..self.inner.capabilities()
+            }
+        }
+        async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let scripted = self.acquire_errors.lock().expect("script").pop_front();
+            match scripted {
+                Some(e) => Err(e),
+                None => self.inner.try_acquire(request).await,
+            }
+        }
+        async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            if self.renew_fails {
+                return Err(temporary());
+            }
+            self.inner.renew(lease, ttl).await
+        }
+        async fn release(&self, lease: &Lease) -> Result<(), Error> {
+            self.inner.release(lease).await
+        }
+        async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.inspect(name).await
+        }
+    }
+
+    fn name() -> LockName {
+        LockName::new("paused").expect("name")
+    }
+
+    /// Holds `paused` as another owner that never renews, as a dead process would.
+    async fn dead_holder(backend: &Scripted, ttl: Duration) -> Lease {
+        let request = AcquireRequest::new(name(), Owner::generate(), ttl);
+        match backend.inner.try_acquire(&request).await.expect("acquire") {
+            AcquireOutcome::Acquired(lease) => lease,
+            AcquireOutcome::Busy(_) => panic!("fresh backend"),
+        }
+    }
+
+    fn lock() -> Lock {
+        Lock::new("paused").backoff(Backoff::default().with_seed(42))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takeover_happens_one_ttl_after_the_version_was_first_seen() {
+        let backend = Arc::new(Scripted::default());
+        dead_holder(&backend, Duration::from_secs(10)).await;
+        let start = Instant::now();
+        let guard = lock()
+            .timeout(Duration::from_secs(60))
+            .acquire_on(backend.clone())
+            .await
+            .expect("takeover");
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(10), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(10) + Duration::from_millis(5),
+            "woke at the stale time: {waited:?}"
+        );
+        assert_eq!(guard.fencing_token(), Some(2));
+        guard.release().await.expect("release");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_record_is_never_taken_over() {
+        let backend = Arc::new(Scripted::default());
+        let holder = lock()
+            .ttl(Duration::from_secs(3))
+            .acquire_on(backend.clone())
+            .await
+            .expect("acquire");
+        let err = lock()
+            .timeout(Duration::from_secs(30))
+            .acquire_on(backend.clone())
+            .await
+            .expect_err("the holder renews");
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        let renewals = backend.renewals.load(Ordering::SeqCst);
+        assert!(
+            (29..=30).contains(&renewals),
+            "renewed every ttl/3 (1 s) for 30 s: {renewals}"
+        );
+        assert!(!holder.is_lost());
+        holder.release().await.expect("release");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_is_exact_on_the_monotonic_clock() {
+        let backend = Arc::new(Scripted::default());
+        let _held = dead_holder(&backend, Duration::from_secs(3600)).await;
+        let start = Instant::now();
+        let err = lock()
+            .timeout(Duration::from_secs(5))
+            .acquire_on(backend.clone())
+            .await
+            .expect_err("held");
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        let writes = backend.writes.load(Ordering::SeqCst);
+        assert!(
+            (8..=16).contains(&writes),
+            "capped backoff, not a busy loop: {writes} writes in 5 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limited_stores_are_polled_with_reads() {
+        let backend = Arc::new(Scripted {
+            poll_with_reads: true,
+            ..Scripted::default()
+        });
+        let held = dead_holder(&backend, Duration::from_secs(3600)).await;
+        let releaser = {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                backend.release(&held).await
+            })
+        };
+        let guard = lock()
+            .timeout(Duration::from_secs(10))
+            .acquire_on(backend.clone())
+            .await
+            .expect("acquired after the release");
+        releaser.await.expect("join").expect("release");
+        assert_eq!(
+            backend.writes.load(Ordering::SeqCst),
+            2,
+            "one write to try, one when the read saw it free"
+        );
+        assert!(
+            backend.reads.load(Ordering::SeqCst) >= 4,
+            "waited with reads"
+        );
+        guard.release().await.expect("release");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn temporary_errors_are_retried_and_permanent_ones_are_not() {
+        let backend = Arc::new(Scripted::default());
+        backend.acquire_errors.lock().expect("script").extend([
+            temporary(),
+            temporary(),
+            temporary(),
+        ]);
+        let guard = lock()
+            .timeout(Duration::from_secs(10))
+            .acquire_on(backend.clone())
+            .await
+            .expect("succeeds after three 503s");
+        assert_eq!(backend.writes.load(Ordering::SeqCst), 4);
+        guard.release().await.expect("release");
+
+        let permanent = Error::permanent("scripted", "403 access denied", None);
+        backend
+            .acquire_errors
+            .lock()
+            .expect("script")
+            .push_back(permanent);
+        let start = Instant::now();
+        let err = lock()
+            .timeout(Duration::from_secs(10))
+            .acquire_on(backend.clone())
+            .await
+            .expect_err("403");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "no retry of a permanent error"
+        );
+        assert!(err.to_string().contains("403"), "{err}");
+
+        backend
+            .acquire_errors
+            .lock()
+            .expect("script")
+            .extend((0..100).map(|_| temporary()));
+        let err = lock()
+            .timeout(Duration::from_secs(2))
+            .acquire_on(backend.clone())
+            .await
+            .expect_err("503s");
+        assert!(
+            err.is_temporary(),
+            "the last backend error is reported, not a timeout: {err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_cannot_be_renewed_is_marked_lost_when_it_runs_out() {
+        let backend = Arc::new(Scripted {
+            renew_fails: true,
+            ..Scripted::default()
+        });
+        let start = Instant::now();
+        let guard = lock()
+            .ttl(Duration::from_secs(9))
+            .acquire_on(backend.clone())
+            .await
+            .expect("acquire");
+        let handle = guard.handle();
+        handle.lost().await;
+        let at = start.elapsed();
+        assert!(
+            at >= Duration::from_secs(9) - Duration::from_millis(1),
+            "not before the lease ran out: {at:?}"
+        );
+        assert!(
+            at <= Duration::from_secs(9),
+            "lost exactly when the lease ran out: {at:?}"
+        );
+        assert!(
+            backend.renewals.load(Ordering::SeqCst) > 3,
+            "kept retrying until then"
+        );
+        assert!(matches!(
+            handle.until_lost(std::future::pending::<()>()).await,
+            Err(Error::Lost { .. })
+        ));
+    }
+}
