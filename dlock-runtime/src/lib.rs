@@ -71,7 +71,11 @@ pub use backend::{
 #[cfg(feature = "file")]
 pub use backends::file::FileBackend;
 pub use backends::from_url::backend_from_url;
+#[cfg(feature = "gcs")]
+pub use backends::gcs::{GcsBackend, GcsBuilder};
 pub use backends::memory::MemoryBackend;
+#[cfg(feature = "s3")]
+pub use backends::s3::{S3Backend, S3Builder};
 pub use backoff::{Backoff, Delays};
 pub use error::{BoxError, Error};
 pub use guard::{LockGuard, LockHandle, current};

@@ -53,6 +53,54 @@ impl LockName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as one safe file name or object-key segment of at most `max` bytes (`max` at
+    /// least 40): `[A-Za-z0-9_-]` and non-leading `.` stay, every other byte becomes `%XX`, so
+    /// `/`, `..`, `%` and `~` never appear raw; a longer result keeps a prefix and ends in `~`
+    /// and a 128-bit hash of the whole name. Distinct names give distinct encodings (up to
+    /// hash collisions among long names).
+    ///
+    /// ```
+    /// use dlock_runtime::LockName;
+    /// assert_eq!(LockName::new("deploy-prod")?.encoded(200), "deploy-prod");
+    /// assert_eq!(LockName::new("../etc/passwd")?.encoded(200), "%2E.%2Fetc%2Fpasswd");
+    /// assert!(LockName::new("x".repeat(1000))?.encoded(200).len() <= 200);
+    /// # Ok::<(), dlock_runtime::Error>(())
+    /// ```
+    pub fn encoded(&self, max: usize) -> String {
+        let max = max.max(40);
+        let mut out = String::with_capacity(self.0.len());
+        for (i, b) in self.0.bytes().enumerate() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(b as char),
+                b'.' if i > 0 => out.push('.'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        if out.len() > max {
+            let mut cut = max - 33;
+            // Never split a %XX escape.
+            while out.as_bytes()[cut.saturating_sub(2)..cut].contains(&b'%') {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('~');
+            out.push_str(&format!(
+                "{:016x}{:016x}",
+                fnv1a(&self.0, 0xcbf2_9ce4_8422_2325),
+                fnv1a(&self.0, 0x6c62_272e_07bb_0142)
+            ));
+        }
+        out
+    }
+}
+
+/// FNV-1a: the same in every build and on every machine, unlike std's `DefaultHasher`, so
+/// every process maps a long name to the same key.
+fn fnv1a(s: &str, seed: u64) -> u64 {
+    s.bytes().fold(seed, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl fmt::Display for LockName {
@@ -76,6 +124,50 @@ impl AsRef<str> for LockName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn enc(name: &str, max: usize) -> String {
+        LockName::new(name).expect("valid").encoded(max)
+    }
+
+    #[test]
+    fn encoding_keeps_names_inside_one_segment() {
+        for name in [
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            ".hidden",
+            "..",
+            ".",
+            "x%2F",
+            "~",
+            "~1",
+        ] {
+            let e = enc(name, 200);
+            assert!(
+                !e.contains('/') && !e.starts_with('.') && !e.contains('~'),
+                "{name} -> {e}"
+            );
+        }
+        assert_eq!(enc("a/b", 200), "a%2Fb");
+        assert_ne!(enc("a/b", 200), enc("a%2Fb", 200), "encoding is injective");
+    }
+
+    #[test]
+    fn long_names_are_shortened_with_a_hash() {
+        let (a, b) = (
+            enc(&"x".repeat(1000), 180),
+            enc(&format!("{}y", "x".repeat(999)), 180),
+        );
+        assert!(a.len() <= 180, "{}", a.len());
+        assert_ne!(a, b);
+        assert!(a.contains('~'));
+        for max in 40..60 {
+            let e = enc(&"/".repeat(500), max);
+            assert!(e.len() <= max, "{max}: {e}");
+            let stem = e.split('~').next().unwrap_or_default();
+            assert_eq!(stem.len() % 3, 0, "a cut never splits an escape: {e}");
+        }
+    }
 
     #[test]
     fn limits_are_enforced() {

@@ -173,3 +173,140 @@ pub fn worker_copy_for_all_users(worker: &Path, dir: &Path) -> PathBuf {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     copy
 }
+
+/// A stand-in's setting, from the variables `tests/run-all.sh` exports. Panics (never skips)
+/// when it is missing.
+pub fn stand_in(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{var} is not set: this test needs the local stand-ins of the cloud backends; run \
+             `bash tests/run-all.sh`, which installs and starts them on 127.0.0.1"
+        ),
+    }
+}
+
+/// Runs [`run_stress`] and asserts what every backend must show: every entry made, no
+/// overlap, no lost update.
+pub fn assert_exclusive_across_processes(
+    worker: &Path,
+    backend_url: &str,
+    processes: usize,
+    iterations: u32,
+) {
+    let report = run_stress(
+        worker,
+        backend_url,
+        &fresh_name("stress"),
+        processes,
+        iterations,
+    );
+    let total = processes * iterations as usize;
+    assert_eq!(report.entries, total, "{report:?}");
+    assert_eq!(
+        report.overlaps, 0,
+        "critical sections overlapped: {report:?}"
+    );
+    assert_eq!(report.counter, total as u64, "lost updates: {report:?}");
+}
+
+/// `kill -9`s a holder (3 s lease, see the worker) and returns how long a waiting process then
+/// took to get the lock.
+pub fn takeover_after_kill(worker: &Path, backend_url: &str) -> Duration {
+    let name = fresh_name("killed");
+    let holder = Holder::start(worker, backend_url, &name);
+    let busy = try_once(worker, backend_url, &name).expect_err("held");
+    assert!(
+        busy.contains(&format!("pid {}", holder.pid())),
+        "the busy error names the holder: {busy}"
+    );
+    holder.kill();
+    let start = Instant::now();
+    let out = Command::new(worker)
+        .args(["--backend", backend_url, "--name", &name, "wait"])
+        .output()
+        .expect("run waiter");
+    assert!(
+        out.status.success(),
+        "the waiter did not get the lock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+/// A loopback HTTP server that answers with canned responses, in order (the last one repeats),
+/// and records what it was sent: for proving requests on the wire where a stand-in does not
+/// enforce what the real service does.
+pub struct Recorder {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// One canned response: status, extra headers, body.
+pub type Canned = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+impl Recorder {
+    /// Serves `responses` on a free 127.0.0.1 port until the process ends.
+    pub fn start(responses: Vec<Canned>) -> Recorder {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for (i, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Read the head, then as much body as Content-Length says.
+                let head_end = loop {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    if let Some(pos) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(pos + 4);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                while raw.len() < head_end + length {
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                }
+                seen.lock().expect("record").push(head);
+                let (status, headers, body) = &responses[i.min(responses.len() - 1)];
+                let mut response = format!(
+                    "HTTP/1.1 {status} Canned\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (name, value) in headers {
+                    response.push_str(&format!("{name}: {value}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(body);
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        Recorder { url, requests }
+    }
+
+    /// The request heads received so far (request line and headers).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("record").clone()
+    }
+}

@@ -3,7 +3,8 @@
 
 use dlock_runtime::{Backend, FileBackend, Lock, LockName};
 use dlock_tests::{
-    Holder, fresh_name, run_stress, try_once, try_once_with, worker_copy_for_all_users,
+    Holder, assert_exclusive_across_processes, fresh_name, try_once, try_once_with,
+    worker_copy_for_all_users,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -21,19 +22,7 @@ fn url(dir: &Path) -> String {
 #[test]
 fn four_processes_never_overlap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = run_stress(
-        Path::new(WORKER),
-        &url(dir.path()),
-        &fresh_name("stress"),
-        4,
-        250,
-    );
-    assert_eq!(report.entries, 1000, "{report:?}");
-    assert_eq!(
-        report.overlaps, 0,
-        "critical sections overlapped: {report:?}"
-    );
-    assert_eq!(report.counter, 1000, "lost updates: {report:?}");
+    assert_exclusive_across_processes(Path::new(WORKER), &url(dir.path()), 4, 250);
 }
 
 #[test]

@@ -29,7 +29,7 @@ const KIND: &str = "file";
 /// A lock file holds one short record; anything larger is not ours.
 const MAX_RECORD: u64 = 4096;
 const MAGIC: &str = "dlock-lock v1";
-/// Encoded names longer than this are shortened and suffixed with a hash of the full name.
+/// Longer encoded names are shortened and hashed, well below the usual 255-byte file name limit.
 const MAX_ENCODED: usize = 180;
 
 /// Locks as `flock(2)` on files in one directory.
@@ -92,7 +92,7 @@ impl FileBackend {
 
     /// The lock file of `name`: always directly inside [`dir`](FileBackend::dir).
     pub fn path_for(&self, name: &LockName) -> PathBuf {
-        self.dir.join(file_name(name.as_str()))
+        self.dir.join(file_name(name))
     }
 
     fn held(&self) -> MutexGuard<'_, HashMap<String, File>> {
@@ -230,40 +230,9 @@ impl Backend for FileBackend {
     }
 }
 
-/// Maps a lock name to one file name: `[A-Za-z0-9_-]` and non-leading `.` stay, every other
-/// byte becomes `%XX` (so `/`, `..`, `%` and `~` cannot appear raw); long names keep a prefix
-/// and get `~` plus a hash of the whole name.
-fn file_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 5);
-    for (i, b) in name.bytes().enumerate() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(b as char),
-            b'.' if i > 0 => out.push('.'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    if out.len() > MAX_ENCODED {
-        let mut cut = MAX_ENCODED - 34;
-        while out.as_bytes()[cut - 1] == b'%' || (cut >= 2 && out.as_bytes()[cut - 2] == b'%') {
-            cut -= 1; // never split a %XX escape
-        }
-        out.truncate(cut);
-        out.push('~');
-        out.push_str(&format!(
-            "{:016x}{:016x}",
-            fnv1a(name, 0xcbf2_9ce4_8422_2325),
-            fnv1a(name, 0x6c62_272e_07bb_0142)
-        ));
-    }
-    out.push_str(".lock");
-    out
-}
-
-/// FNV-1a: a hash that is the same in every build, unlike std's `DefaultHasher`.
-fn fnv1a(s: &str, seed: u64) -> u64 {
-    s.bytes().fold(seed, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// The lock file's name: the encoded lock name (see [`LockName::encoded`]) plus `.lock`.
+fn file_name(name: &LockName) -> String {
+    format!("{}.lock", name.encoded(MAX_ENCODED))
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), Error> {
@@ -461,48 +430,6 @@ async fn read_holder(file: &File) -> Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_map_to_one_file_inside_the_directory() {
-        for name in [
-            "../x",
-            "/etc/passwd",
-            "a/../../b",
-            ".hidden",
-            "..",
-            ".",
-            "x%2F",
-            "~",
-            "~1",
-        ] {
-            let f = file_name(name);
-            assert!(!f.contains('/'), "{name} -> {f}");
-            assert!(!f.starts_with('.'), "{name} -> {f}");
-            assert!(f.ends_with(".lock"));
-        }
-        assert_eq!(file_name("deploy-prod"), "deploy-prod.lock");
-        assert_eq!(file_name("a/b"), "a%2Fb.lock");
-        assert_ne!(
-            file_name("a/b"),
-            file_name("a%2Fb"),
-            "encoding is injective"
-        );
-    }
-
-    #[test]
-    fn long_names_are_shortened_with_a_hash() {
-        let a = "x".repeat(1000);
-        let b = format!("{}y", "x".repeat(999));
-        let (fa, fb) = (file_name(&a), file_name(&b));
-        assert!(fa.len() <= MAX_ENCODED + 5, "{}", fa.len());
-        assert_ne!(fa, fb);
-        assert!(fa.contains('~'));
-        // A prefix that ends mid-escape is cut before the escape.
-        let slashes = "/".repeat(500);
-        let f = file_name(&slashes);
-        let stem = f.split('~').next().unwrap_or_default();
-        assert_eq!(stem.len() % 3, 0, "{f}");
-    }
 
     #[test]
     fn records_round_trip_and_reject_garbage() {

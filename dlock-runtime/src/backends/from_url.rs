@@ -30,9 +30,12 @@ pub fn backend_from_url(url: &str) -> Result<Arc<dyn Backend>, Error> {
             "`{url}`: a memory URL takes nothing after `memory://`"
         ))),
         "file" => file(url, rest),
-        "gs" | "s3" | "dynamodb" | "mongodb" => Err(config(format!(
-            "`{url}`: the `{scheme}` backend is not available in this version of dlock-runtime; \
-             supported here: {}",
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(crate::S3Backend::from_url(url)?)),
+        #[cfg(feature = "gcs")]
+        "gs" => Ok(Arc::new(crate::GcsBackend::from_url(url)?)),
+        _ if ["gs", "s3", "dynamodb", "mongodb"].contains(&scheme) => Err(config(format!(
+            "`{url}`: the `{scheme}` backend is not compiled in or not available yet; supported here: {}",
             supported()
         ))),
         _ => Err(config(format!(

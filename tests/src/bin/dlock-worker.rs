@@ -6,6 +6,7 @@
 //!   an unsynchronised read-modify-write.
 //! - `hold`: take the lock, print `acquired`, and sleep until killed.
 //! - `once`: one attempt; exit 0 when acquired, 3 when busy (the error on stderr).
+//! - `wait`: wait up to 60 s (taking over a dead holder's lock after its 3 s lease).
 
 use clap::{Parser, Subcommand};
 use dlock_runtime::{Error, Registry, distributed_lock};
@@ -38,6 +39,8 @@ enum Command {
     },
     Hold,
     Once,
+    /// Wait up to 60 s, taking over a dead holder's lock after its lease.
+    Wait,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +65,7 @@ fn critical_section(name: &str, round: u32, log: &Path, counter: &Path) -> Resul
     Ok(())
 }
 
-#[distributed_lock(name = "{name}", timeout = "0s", ttl = "10s")]
+#[distributed_lock(name = "{name}", timeout = "0s", ttl = "3s")]
 fn hold(name: &str) -> Result<(), WorkerError> {
     println!("acquired");
     std::io::stdout().flush()?;
@@ -73,6 +76,11 @@ fn hold(name: &str) -> Result<(), WorkerError> {
 
 #[distributed_lock(name = "{name}", timeout = "0s")]
 fn once(name: &str) -> Result<(), WorkerError> {
+    Ok(())
+}
+
+#[distributed_lock(name = "{name}", timeout = "60s", ttl = "3s")]
+fn wait(name: &str) -> Result<(), WorkerError> {
     Ok(())
 }
 
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         }
         Command::Hold => hold(&cli.name),
         Command::Once => once(&cli.name),
+        Command::Wait => wait(&cli.name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,227 @@
+//! The lock record of the object-store backends: the holder as object metadata (readable with
+//! a metadata-only request), and a small body that differs on every write, so that every write
+//! gets a new version even where the version is a content hash (S3's ETag).
+
+use crate::backend::{Holder, Lease, Owner, Version};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const OWNER: &str = "dlock-owner";
+const HOST: &str = "dlock-host";
+const PID: &str = "dlock-pid";
+const ACQUIRED_AT: &str = "dlock-acquired-at-ms";
+const TTL: &str = "dlock-ttl-ms";
+
+fn millis(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// The metadata of a lease's record.
+pub(crate) fn metadata(lease: &Lease) -> HashMap<String, String> {
+    HashMap::from([
+        (OWNER.to_string(), lease.owner.id.clone()),
+        (HOST.to_string(), lease.owner.host.clone()),
+        (PID.to_string(), lease.owner.pid.to_string()),
+        (
+            ACQUIRED_AT.to_string(),
+            millis(lease.acquired_at).to_string(),
+        ),
+        (TTL.to_string(), lease.ttl.as_millis().to_string()),
+    ])
+}
+
+/// The body of a lease's record: readable by people, and new on every write.
+pub(crate) fn body(lease: &Lease) -> Vec<u8> {
+    format!(
+        "dlock lock record\nname={}\nowner={}\nhost={}\npid={}\nacquired_at_ms={}\nttl_ms={}\nwrite={}\n",
+        lease.name,
+        lease.owner.id,
+        lease.owner.host,
+        lease.owner.pid,
+        millis(lease.acquired_at),
+        lease.ttl.as_millis(),
+        Owner::generate().id,
+    )
+    .into_bytes()
+}
+
+/// The holder a record's metadata names; a record without dlock's metadata (written by
+/// something else) is held by an unknown owner.
+pub(crate) fn holder(metadata: Option<&HashMap<String, String>>, version: Version) -> Holder {
+    let get = |key: &str| metadata.and_then(|m| m.get(key));
+    let owner = match (get(OWNER), get(HOST), get(PID).and_then(|p| p.parse().ok())) {
+        (Some(id), Some(host), Some(pid)) => Owner {
+            id: id.clone(),
+            host: host.clone(),
+            pid,
+        },
+        _ => Owner::unknown(),
+    };
+    let number = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok());
+    Holder {
+        owner,
+        version,
+        acquired_at: number(ACQUIRED_AT).map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        ttl: number(TTL).map(Duration::from_millis),
+        fencing_token: None,
+    }
+}
+
+/// The object key of a lock: the prefix, then the encoded name (never able to leave the
+/// prefix), within the stores' 1024-byte key limit.
+pub(crate) fn key(prefix: &str, name: &crate::LockName) -> String {
+    format!("{prefix}{}", name.encoded(1000 - prefix.len().min(900)))
+}
+
+/// Checks a configured key prefix: it may be empty, or must end with `/`.
+pub(crate) fn check_prefix(backend: &'static str, prefix: &str) -> Result<String, crate::Error> {
+    let prefix = prefix.trim_start_matches('/');
+    if prefix.len() > 512 {
+        return Err(crate::Error::Config {
+            message: format!("{backend}: the key prefix is longer than 512 bytes"),
+        });
+    }
+    if prefix.is_empty() || prefix.ends_with('/') {
+        Ok(prefix.to_string())
+    } else {
+        Ok(format!("{prefix}/"))
+    }
+}
+
+/// The three requests an object store must make conditionally; the lock protocol on top of
+/// them is written once, in [`try_acquire`], [`renew`] and [`release`].
+#[async_trait::async_trait]
+pub(crate) trait ConditionalStore: Send + Sync {
+    /// The backend kind, for messages.
+    const KIND: &'static str;
+
+    /// Writes `lease`'s record if there is none (`expected` is `None`) or if the record's
+    /// version is `expected`. `Ok(None)` when that condition failed or the target is gone.
+    async fn write(
+        &self,
+        lease: &Lease,
+        expected: Option<&Version>,
+    ) -> Result<Option<Version>, crate::Error>;
+
+    /// The record as it is now, `None` if there is none.
+    async fn read(&self, name: &crate::LockName) -> Result<Option<Holder>, crate::Error>;
+
+    /// Deletes `lease`'s record if its version is still `lease.version`: `Ok(true)` when
+    /// deleted or already gone, `Ok(false)` when the condition failed.
+    async fn delete(&self, lease: &Lease) -> Result<bool, crate::Error>;
+}
+
+/// After a failed condition, the record decides: ours means the write had succeeded (an SDK
+/// retry of a successful write comes back as a failed condition); anyone else's is busy.
+async fn resolve<S: ConditionalStore>(
+    store: &S,
+    lease: &Lease,
+) -> Result<Result<Version, Option<Holder>>, crate::Error> {
+    match store.read(&lease.name).await? {
+        Some(h) if h.owner.id == lease.owner.id => Ok(Ok(h.version)),
+        other => Ok(Err(other)),
+    }
+}
+
+pub(crate) async fn try_acquire<S: ConditionalStore>(
+    store: &S,
+    request: &crate::AcquireRequest,
+) -> Result<crate::AcquireOutcome, crate::Error> {
+    let mut lease = Lease {
+        name: request.name.clone(),
+        owner: request.owner.clone(),
+        version: Version::new(""),
+        ttl: request.ttl,
+        fencing_token: None,
+        acquired_at: SystemTime::now(),
+    };
+    let mut written = store.write(&lease, request.replace.as_ref()).await?;
+    if written.is_none() && request.replace.is_some() && store.read(&request.name).await?.is_none()
+    {
+        // The stale record is gone already: take the lock as free.
+        written = store.write(&lease, None).await?;
+    }
+    lease.version = match written {
+        Some(version) => version,
+        None => match resolve(store, &lease).await? {
+            Ok(version) => version,
+            Err(Some(holder)) => return Ok(crate::AcquireOutcome::Busy(holder)),
+            Err(None) => {
+                return Err(crate::Error::temporary(
+                    S::KIND,
+                    "the lock record changed while it was read; retrying",
+                    None,
+                ));
+            }
+        },
+    };
+    Ok(crate::AcquireOutcome::Acquired(lease))
+}
+
+pub(crate) async fn renew<S: ConditionalStore>(
+    store: &S,
+    lease: &Lease,
+    ttl: Duration,
+) -> Result<Lease, crate::Error> {
+    let renewed = Lease {
+        ttl,
+        ..lease.clone()
+    };
+    let lost = || crate::Error::Lost {
+        name: lease.name.to_string(),
+    };
+    let version = match store.write(&renewed, Some(&lease.version)).await? {
+        Some(version) => version,
+        None => resolve(store, lease).await?.map_err(|_| lost())?,
+    };
+    Ok(Lease { version, ..renewed })
+}
+
+pub(crate) async fn release<S: ConditionalStore>(
+    store: &S,
+    lease: &Lease,
+) -> Result<(), crate::Error> {
+    if store.delete(lease).await? {
+        Ok(())
+    } else {
+        Err(crate::Error::Lost {
+            name: lease.name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LockName;
+
+    #[test]
+    fn metadata_round_trips_and_bodies_differ() {
+        let lease = Lease {
+            name: LockName::new("a/b").expect("name"),
+            owner: Owner::generate(),
+            version: Version::new("1"),
+            ttl: Duration::from_secs(30),
+            fencing_token: None,
+            acquired_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
+        };
+        let holder = holder(Some(&metadata(&lease)), Version::new("1"));
+        assert_eq!(holder.owner, lease.owner);
+        assert_eq!(holder.ttl, Some(lease.ttl));
+        assert_eq!(holder.acquired_at, Some(lease.acquired_at));
+        assert_ne!(body(&lease), body(&lease));
+        assert!(super::holder(None, Version::new("x")).owner.is_unknown());
+    }
+
+    #[test]
+    fn keys_stay_under_the_prefix() {
+        assert_eq!(check_prefix("s3", "locks").expect("ok"), "locks/");
+        assert_eq!(check_prefix("s3", "/a/b/").expect("ok"), "a/b/");
+        assert_eq!(check_prefix("s3", "").expect("ok"), "");
+        let k = key("locks/", &LockName::new("../../other").expect("name"));
+        assert_eq!(k, "locks/%2E.%2F..%2Fother");
+        assert!(key("p/", &LockName::new("z".repeat(1024)).expect("name")).len() <= 1024);
+    }
+}

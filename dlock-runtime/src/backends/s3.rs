@@ -1,0 +1,375 @@
+//! Amazon S3 with conditional writes: `PutObject` with `If-None-Match: *` acquires,
+//! `PutObject` with `If-Match: <etag>` renews or takes over, `DeleteObject` with
+//! `If-Match: <etag>` releases.
+//!
+//! S3 answers a lost race with 412, and (real S3 only) a concurrent conditional write on the
+//! same key with 409 ConditionalRequestConflict, which is retried. Neither is a modelled error
+//! in the SDK, so the HTTP status decides. A 412 can also be the SDK's own retry of a write
+//! that had succeeded; the record is then read back and decided by owner id.
+
+use super::object_record::{self, ConditionalStore};
+use crate::backend::{
+    AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Version,
+};
+use crate::{Error, LockName};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use std::fmt;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+const KIND: &str = "s3";
+const CHECK_BUCKET: &str = "checking the bucket";
+
+/// Locks as objects in an S3 bucket, under a key prefix.
+///
+/// Build it with [`S3Backend::builder`] (or [`S3Backend::from_env`], or the URL
+/// `s3://bucket/prefix`). The client is created on first use from the standard AWS
+/// configuration (environment, profile, instance role), and the first use checks that the
+/// bucket exists and is reachable, so a wrong bucket or endpoint fails at once with a clear
+/// error instead of being retried.
+///
+/// IAM permissions needed on `arn:aws:s3:::BUCKET/PREFIX*`: `s3:PutObject`, `s3:GetObject`
+/// (for HEAD), `s3:DeleteObject`; and `s3:ListBucket` on the bucket for the start-up check.
+///
+/// ```no_run
+/// use dlock_runtime::{Registry, S3Backend};
+///
+/// let s3 = S3Backend::builder()
+///     .bucket("my-locks")
+///     .prefix("ci/")
+///     .endpoint("http://127.0.0.1:5000") // a local stand-in; omit for AWS
+///     .region("us-east-1")
+///     .credentials("test", "test")
+///     .build()?;
+/// Registry::builder().backend("s3", s3).build()?.install().expect("once");
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
+pub struct S3Backend {
+    settings: S3Builder,
+    prefix: String,
+    client: OnceCell<Client>,
+}
+
+impl fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.settings.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.settings.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for an [`S3Backend`]; setters never fail, [`build`](S3Builder::build) checks.
+#[derive(Clone, Debug, Default)]
+#[must_use = "call .build()"]
+pub struct S3Builder {
+    bucket: String,
+    prefix: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    credentials: Option<(String, String)>,
+    path_style: Option<bool>,
+}
+
+impl S3Builder {
+    /// The bucket (required).
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = bucket.into();
+        self
+    }
+
+    /// A key prefix; lock keys are `PREFIX/ENCODED-NAME` and never leave it.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// A custom endpoint (a local stand-in, MinIO, ...); also read from `AWS_ENDPOINT_URL`.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The region; otherwise from `AWS_REGION` or the profile.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Static credentials; otherwise the standard AWS credential chain.
+    pub fn credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some((access_key_id.into(), secret_access_key.into()));
+        self
+    }
+
+    /// Path-style addressing (`endpoint/bucket/key`); on by default with a custom endpoint.
+    pub fn path_style(mut self, path_style: bool) -> Self {
+        self.path_style = Some(path_style);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<S3Backend, Error> {
+        if self.bucket.is_empty() {
+            return Err(Error::Config {
+                message: "s3: no bucket given; set one with `.bucket(..)`, `s3://BUCKET/prefix` or DLOCK_S3_BUCKET"
+                    .into(),
+            });
+        }
+        let prefix = object_record::check_prefix(KIND, &self.prefix)?;
+        Ok(S3Backend {
+            settings: self,
+            prefix,
+            client: OnceCell::new(),
+        })
+    }
+}
+
+impl S3Backend {
+    /// Settings to fill in.
+    pub fn builder() -> S3Builder {
+        S3Builder::default()
+    }
+
+    /// Settings from the environment: bucket from `DLOCK_S3_BUCKET`, prefix from
+    /// `DLOCK_S3_PREFIX`; the AWS variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, ...) are read by the AWS configuration as usual.
+    pub fn from_env() -> S3Builder {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        S3Backend::builder()
+            .bucket(var("DLOCK_S3_BUCKET"))
+            .prefix(var("DLOCK_S3_PREFIX"))
+    }
+
+    /// `s3://bucket/prefix`, with the rest from the environment.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let rest = url.strip_prefix("s3://").unwrap_or(url);
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut builder = S3Backend::from_env().bucket(bucket);
+        if !prefix.is_empty() {
+            builder = builder.prefix(prefix);
+        }
+        builder.build()
+    }
+
+    /// The object key of a lock.
+    pub fn key_for(&self, name: &LockName) -> String {
+        object_record::key(&self.prefix, name)
+    }
+
+    async fn client(&self) -> Result<&Client, Error> {
+        self.client.get_or_try_init(|| self.connect()).await
+    }
+
+    async fn connect(&self) -> Result<Client, Error> {
+        let s = &self.settings;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &s.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &s.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((id, secret)) = &s.credentials {
+            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "dlock"));
+        }
+        let sdk = loader.load().await;
+        let custom_endpoint = sdk.endpoint_url().is_some();
+        let config = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(s.path_style.unwrap_or(custom_endpoint))
+            .build();
+        let client = Client::from_conf(config);
+        client
+            .head_bucket()
+            .bucket(&s.bucket)
+            .send()
+            .await
+            .map_err(|e| self.error(CHECK_BUCKET, e))?;
+        Ok(client)
+    }
+
+    /// Maps an SDK error to dlock's: by HTTP status where S3 answered (it does not model 409
+    /// or 412), by the kind of failure where it did not.
+    fn error<E>(&self, doing: &str, e: SdkError<E>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let bucket = &self.settings.bucket;
+        let status = status(&e);
+        let code = e
+            .as_service_error()
+            .and_then(|s| s.code())
+            .unwrap_or_default()
+            .to_string();
+        let detail = DisplayErrorContext(&e).to_string();
+        let unreachable = match &e {
+            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+            SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+            _ => false,
+        };
+        let (temporary, message) = match status {
+            Some(404) if code == "NoSuchBucket" || doing == CHECK_BUCKET => (
+                false,
+                format!(
+                    "bucket `{bucket}` does not exist (or this endpoint does not have it); create it or fix the name"
+                ),
+            ),
+            Some(401 | 403) => (
+                false,
+                format!(
+                    "access denied to bucket `{bucket}` while {doing}; the credentials need s3:PutObject, \
+                     s3:GetObject and s3:DeleteObject on arn:aws:s3:::{bucket}/{}*, and s3:ListBucket on the bucket",
+                    self.prefix
+                ),
+            ),
+            Some(301 | 400) => (
+                false,
+                format!(
+                    "S3 rejected the request while {doing} (wrong region or endpoint for bucket `{bucket}`?): {detail}"
+                ),
+            ),
+            Some(409 | 429 | 500..=599) => (true, format!("{doing}: {detail}")),
+            Some(_) => (false, format!("{doing}: {detail}")),
+            None if unreachable => (
+                true,
+                format!(
+                    "cannot reach S3{} while {doing}: {detail}; check the endpoint (AWS_ENDPOINT_URL) and the network",
+                    self.settings
+                        .endpoint
+                        .as_deref()
+                        .map(|e| format!(" at {e}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            None => (
+                false,
+                format!(
+                    "the AWS configuration is incomplete while {doing}: {detail}; set AWS_REGION and credentials"
+                ),
+            ),
+        };
+        let source = Some(Box::new(e) as crate::BoxError);
+        if temporary {
+            Error::temporary(KIND, message, source)
+        } else {
+            Error::permanent(KIND, message, source)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConditionalStore for S3Backend {
+    const KIND: &'static str = KIND;
+
+    async fn write(
+        &self,
+        lease: &Lease,
+        expected: Option<&Version>,
+    ) -> Result<Option<Version>, Error> {
+        let client = self.client().await?;
+        let mut put = client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(self.key_for(&lease.name))
+            .set_metadata(Some(object_record::metadata(lease)))
+            .content_type("text/plain")
+            .body(ByteStream::from(object_record::body(lease)));
+        put = match expected {
+            None => put.if_none_match("*"),
+            Some(version) => put.if_match(version.as_str()),
+        };
+        match put.send().await {
+            Ok(out) => Ok(Some(Version::new(out.e_tag().unwrap_or_default()))),
+            // 412: the condition failed. 404: an If-Match target is gone.
+            Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(None),
+            Err(e) => Err(self.error("writing the lock record", e)),
+        }
+    }
+
+    async fn read(&self, name: &LockName) -> Result<Option<Holder>, Error> {
+        let client = self.client().await?;
+        match client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(self.key_for(name))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let version = Version::new(out.e_tag().unwrap_or_default());
+                Ok(Some(object_record::holder(out.metadata(), version)))
+            }
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.error("reading the lock record", e)),
+        }
+    }
+
+    async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
+        let client = self.client().await?;
+        let result = client
+            .delete_object()
+            .bucket(&self.settings.bucket)
+            .key(self.key_for(&lease.name))
+            .if_match(lease.version.as_str())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // Gone: nothing of anyone else's was touched (also the SDK retrying our own delete).
+            Err(e) if status(&e) == Some(404) => Ok(true),
+            Err(e) if status(&e) == Some(412) => Ok(false),
+            Err(e) => Err(self.error("deleting the lock record", e)),
+        }
+    }
+}
+
+fn status<E>(e: &SdkError<E>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+#[async_trait::async_trait]
+impl Backend for S3Backend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            leases: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
+        object_record::try_acquire(self, request).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
+        object_record::renew(self, lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        object_record::release(self, lease).await
+    }
+
+    async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
+        self.read(name).await
+    }
+
+    fn stale_lock_hint(&self, name: &LockName, _holder: Option<&Holder>) -> String {
+        format!(
+            "If its holder is gone, it is taken over once its record has stayed unchanged for a whole lease (ttl); \
+             to free it now, delete s3://{}/{}",
+            self.settings.bucket,
+            self.key_for(name)
+        )
+    }
+}

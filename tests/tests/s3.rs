@@ -1,0 +1,192 @@
+//! The S3 backend against moto server on 127.0.0.1 (started by tests/run-all.sh), and on the
+//! wire where moto cannot answer like S3 (409 ConditionalRequestConflict).
+
+use dlock_runtime::{
+    AcquireOutcome, AcquireRequest, Backend, Error, Lock, LockName, Owner, S3Backend,
+};
+use dlock_tests::{
+    Recorder, assert_exclusive_across_processes, fresh_name, stand_in, takeover_after_kill,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_dlock-worker");
+
+fn bucket() -> String {
+    stand_in("AWS_ENDPOINT_URL");
+    stand_in("DLOCK_TEST_S3_BUCKET")
+}
+
+fn s3(prefix: &str) -> S3Backend {
+    S3Backend::from_env()
+        .bucket(bucket())
+        .prefix(prefix)
+        .build()
+        .expect("s3 backend")
+}
+
+dlock_runtime::conformance_tests!(conformance, s3("conformance/"), Duration::from_secs(1));
+
+#[test]
+fn four_processes_never_overlap() {
+    assert_exclusive_across_processes(
+        Path::new(WORKER),
+        &format!("s3://{}/stress", bucket()),
+        4,
+        125,
+    );
+}
+
+#[test]
+fn a_killed_holders_lock_is_taken_over_after_its_lease() {
+    let waited = takeover_after_kill(Path::new(WORKER), &format!("s3://{}/killed", bucket()));
+    assert!(
+        waited >= Duration::from_secs(3),
+        "taken over after {waited:?}, inside the 3 s lease"
+    );
+    assert!(waited < Duration::from_secs(10), "took {waited:?}");
+}
+
+#[tokio::test]
+async fn a_retried_write_that_had_succeeded_is_recognised_as_ours() {
+    let backend = s3("ambiguous/");
+    let request = AcquireRequest::new(
+        LockName::new(fresh_name("retry")).expect("name"),
+        Owner::generate(),
+        Duration::from_secs(30),
+    );
+    let AcquireOutcome::Acquired(first) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("free lock");
+    };
+    // The same write again, as an SDK retry would send it: S3 answers 412, the record is ours.
+    let AcquireOutcome::Acquired(again) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("a 412 on our own record must resolve to acquired");
+    };
+    assert_eq!(again.version, first.version);
+    let other = AcquireRequest::new(
+        request.name.clone(),
+        Owner::generate(),
+        Duration::from_secs(30),
+    );
+    assert!(matches!(
+        backend.try_acquire(&other).await.expect("answer"),
+        AcquireOutcome::Busy(_)
+    ));
+    backend.release(&first).await.expect("release");
+}
+
+#[tokio::test]
+async fn lock_keys_never_leave_the_prefix() {
+    let backend = Arc::new(s3("tenant-a/"));
+    let guard = Lock::new("../tenant-b/lock")
+        .acquire_on(backend.clone())
+        .await
+        .expect("acquire");
+    assert_eq!(
+        backend.key_for(guard.name()),
+        "tenant-a/%2E.%2Ftenant-b%2Flock"
+    );
+    let other = s3("tenant-b/");
+    assert!(
+        other
+            .inspect(&LockName::new("lock").expect("name"))
+            .await
+            .expect("inspect")
+            .is_none()
+    );
+    guard.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn a_missing_bucket_fails_at_once_and_says_so() {
+    let backend = Arc::new(
+        S3Backend::from_env()
+            .bucket("no-such-bucket-dlock")
+            .build()
+            .expect("settings"),
+    );
+    bucket();
+    let start = std::time::Instant::now();
+    let err = Lock::new("x")
+        .timeout(Duration::from_secs(30))
+        .acquire_on(backend)
+        .await
+        .expect_err("no bucket");
+    assert!(!err.is_temporary(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("bucket `no-such-bucket-dlock` does not exist"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "not retried until the timeout"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_a_clear_error() {
+    let backend = S3Backend::builder()
+        .bucket("b")
+        .endpoint("http://127.0.0.1:9")
+        .region("us-east-1")
+        .credentials("test", "test")
+        .build()
+        .expect("settings");
+    let err = Lock::new("x")
+        .acquire_on(Arc::new(backend))
+        .await
+        .expect_err("nothing listens on port 9");
+    assert!(
+        err.to_string()
+            .contains("cannot reach S3 at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+/// Real S3 answers a conditional write that races another on the same key with 409
+/// ConditionalRequestConflict; moto never does. On the wire: the 409 is retried, and every
+/// attempt is still conditional.
+#[tokio::test]
+async fn a_409_conflict_is_retried_on_the_wire() {
+    let conflict = "<?xml version=\"1.0\"?><Error><Code>ConditionalRequestConflict</Code><Message>A conflicting conditional operation is currently in progress</Message></Error>";
+    let recorder = Recorder::start(vec![
+        (200, vec![], ""),                                          // HeadBucket
+        (409, vec![("Content-Type", "application/xml")], conflict), // PutObject
+        (200, vec![("ETag", "\"abc\"")], ""),                       // PutObject again
+    ]);
+    let backend = S3Backend::builder()
+        .bucket("b")
+        .endpoint(&recorder.url)
+        .region("us-east-1")
+        .credentials("test", "test")
+        .build()
+        .expect("settings");
+    let guard = Lock::new("conflict")
+        .timeout(Duration::from_secs(10))
+        .acquire_on(Arc::new(backend))
+        .await
+        .expect("acquired after the conflict");
+    let puts: Vec<String> = recorder
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PUT "))
+        .collect();
+    assert_eq!(puts.len(), 2, "{puts:#?}");
+    assert!(
+        puts.iter()
+            .all(|r| r.to_ascii_lowercase().contains("\r\nif-none-match: *\r\n")),
+        "{puts:#?}"
+    );
+    std::mem::forget(guard); // the recorder would answer its delete with the PutObject response
+}
+
+#[test]
+fn s3_urls_configure_the_backend() {
+    let err = dlock_runtime::backend_from_url("s3://").expect_err("no bucket");
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(dlock_runtime::backend_from_url("s3://bucket/some/prefix").is_ok());
+}
