@@ -96,3 +96,56 @@ fn a_bad_backend_url_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+/// The stand-in's bucket, from tests/run-all.sh; panics (never skips) without it.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn stand_in_bucket(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run `bash tests/run-all.sh`, which starts the local stand-ins")
+    })
+}
+
+/// The build/deploy example on a cloud backend: a deploy waits for a build, on another process.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+fn deploy_waits_for_build_on(backend: &str) {
+    let bin = env!("CARGO_BIN_EXE_deploy");
+    let first = run(bin, &["--work-secs", "1", "build"], backend);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = run(
+        bin,
+        &["--work-secs", "1", "deploy", "--env", "prod"],
+        backend,
+    );
+    let (out1, out2) = (
+        first.wait_with_output().expect("wait"),
+        second.wait_with_output().expect("wait"),
+    );
+    let ((_, build_err), (deploy_out, deploy_err)) = (text(&out1), text(&out2));
+    assert!(
+        out1.status.success() && out2.status.success(),
+        "{build_err}\n{deploy_err}"
+    );
+    assert!(
+        deploy_err.contains("waiting for lock lock=artifacts"),
+        "{deploy_err}"
+    );
+    assert!(deploy_out.contains("deploy prod: done"), "{deploy_out}");
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn the_deploy_example_runs_on_s3() {
+    deploy_waits_for_build_on(&format!(
+        "s3://{}/examples",
+        stand_in_bucket("DLOCK_TEST_S3_BUCKET")
+    ));
+}
+
+#[cfg(feature = "gcs")]
+#[test]
+fn the_deploy_example_runs_on_gcs() {
+    deploy_waits_for_build_on(&format!(
+        "gs://{}/examples",
+        stand_in_bucket("DLOCK_TEST_GCS_BUCKET")
+    ));
+}

@@ -310,3 +310,49 @@ impl Recorder {
         self.requests.lock().expect("record").clone()
     }
 }
+
+/// A worker `kill -9`'d while holding a lock (3 s lease) loses it to a waiter only after the
+/// lease: not before, and not much later.
+pub fn assert_takeover_after_lease(worker: &Path, backend_url: &str) {
+    let waited = takeover_after_kill(worker, backend_url);
+    assert!(
+        waited >= Duration::from_secs(3),
+        "taken over after {waited:?}, inside the 3 s lease"
+    );
+    assert!(waited < Duration::from_secs(10), "took {waited:?}");
+}
+
+/// A backend pointed at a bucket that does not exist fails at once, permanently, naming it.
+pub async fn assert_missing_bucket_is_permanent(
+    backend: std::sync::Arc<dyn dlock_runtime::Backend>,
+    bucket: &str,
+) {
+    let start = Instant::now();
+    let err = dlock_runtime::Lock::new("x")
+        .timeout(Duration::from_secs(30))
+        .acquire_on(backend)
+        .await
+        .expect_err("no bucket");
+    assert!(!err.is_temporary(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("bucket `{bucket}` does not exist")),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "not retried until the timeout"
+    );
+}
+
+/// A backend pointed at a closed port fails with an error that says so.
+pub async fn assert_unreachable_is_explained(
+    backend: std::sync::Arc<dyn dlock_runtime::Backend>,
+    expected: &str,
+) {
+    let err = dlock_runtime::Lock::new("x")
+        .acquire_on(backend)
+        .await
+        .expect_err("nothing listens");
+    assert!(err.to_string().contains(expected), "{err}");
+}

@@ -14,9 +14,7 @@
 //! to one object.
 
 use super::object_record::{self, ConditionalStore};
-use crate::backend::{
-    AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Version,
-};
+use crate::backend::{Capabilities, Holder, Lease, Version};
 use crate::{Error, LockName};
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::Error as GcsError;
@@ -26,7 +24,6 @@ use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use std::fmt;
-use std::time::Duration;
 use tokio::sync::OnceCell;
 
 const KIND: &str = "gcs";
@@ -100,12 +97,7 @@ impl GcsBuilder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<GcsBackend, Error> {
-        if self.bucket.is_empty() {
-            return Err(Error::Config {
-                message: "gcs: no bucket given; set one with `.bucket(..)`, `gs://BUCKET/prefix` or DLOCK_GCS_BUCKET"
-                    .into(),
-            });
-        }
+        object_record::check_bucket(KIND, &self.bucket, "gs", "DLOCK_GCS_BUCKET")?;
         let prefix = object_record::check_prefix(KIND, &self.prefix)?;
         Ok(GcsBackend {
             settings: self,
@@ -142,8 +134,7 @@ impl GcsBackend {
 
     /// `gs://bucket/prefix`, with the rest from the environment.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let rest = url.strip_prefix("gs://").unwrap_or(url);
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (bucket, prefix) = object_record::split_url(url, "gs");
         let mut builder = GcsBackend::from_env().bucket(bucket);
         if !prefix.is_empty() {
             builder = builder.prefix(prefix);
@@ -253,6 +244,18 @@ fn generation(version: &Version) -> Result<i64, Error> {
 impl ConditionalStore for GcsBackend {
     const KIND: &'static str = KIND;
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            leases: true,
+            poll_with_reads: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn location(&self, name: &LockName) -> String {
+        format!("gs://{}/{}", self.settings.bucket, self.object_for(name))
+    }
+
     async fn write(
         &self,
         lease: &Lease,
@@ -320,42 +323,4 @@ impl ConditionalStore for GcsBackend {
     }
 }
 
-#[async_trait::async_trait]
-impl Backend for GcsBackend {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            leases: true,
-            poll_with_reads: true,
-            ..Capabilities::default()
-        }
-    }
-
-    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
-        object_record::try_acquire(self, request).await
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
-        object_record::renew(self, lease, ttl).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        object_record::release(self, lease).await
-    }
-
-    async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
-        self.read(name).await
-    }
-
-    fn stale_lock_hint(&self, name: &LockName, _holder: Option<&Holder>) -> String {
-        format!(
-            "If its holder is gone, it is taken over once its object has stayed unchanged for a whole lease (ttl); \
-             to free it now, delete gs://{}/{}",
-            self.settings.bucket,
-            self.object_for(name)
-        )
-    }
-}
+object_record::object_store_backend!(GcsBackend);

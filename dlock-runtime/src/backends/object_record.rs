@@ -75,6 +75,74 @@ pub(crate) fn key(prefix: &str, name: &crate::LockName) -> String {
     format!("{prefix}{}", name.encoded(1000 - prefix.len().min(900)))
 }
 
+/// `scheme://bucket/prefix` split into bucket and prefix.
+pub(crate) fn split_url<'a>(url: &'a str, scheme: &str) -> (&'a str, &'a str) {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .unwrap_or(url);
+    rest.split_once('/').unwrap_or((rest, ""))
+}
+
+/// Checks that a bucket was given.
+pub(crate) fn check_bucket(
+    backend: &'static str,
+    bucket: &str,
+    scheme: &str,
+    env: &str,
+) -> Result<(), crate::Error> {
+    if bucket.is_empty() {
+        return Err(crate::Error::Config {
+            message: format!(
+                "{backend}: no bucket given; set one with `.bucket(..)`, `{scheme}://BUCKET/prefix` or {env}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Implements [`Backend`](crate::Backend) for a [`ConditionalStore`]: the lock protocol is
+/// the same for every object store.
+macro_rules! object_store_backend {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::Backend for $store {
+            fn kind(&self) -> &'static str {
+                <Self as $crate::backends::object_record::ConditionalStore>::KIND
+            }
+
+            fn capabilities(&self) -> $crate::Capabilities {
+                $crate::backends::object_record::ConditionalStore::capabilities(self)
+            }
+
+            async fn try_acquire(&self, request: &$crate::AcquireRequest) -> Result<$crate::AcquireOutcome, $crate::Error> {
+                $crate::backends::object_record::try_acquire(self, request).await
+            }
+
+            async fn renew(&self, lease: &$crate::Lease, ttl: std::time::Duration) -> Result<$crate::Lease, $crate::Error> {
+                $crate::backends::object_record::renew(self, lease, ttl).await
+            }
+
+            async fn release(&self, lease: &$crate::Lease) -> Result<(), $crate::Error> {
+                $crate::backends::object_record::release(self, lease).await
+            }
+
+            async fn inspect(&self, name: &$crate::LockName) -> Result<Option<$crate::Holder>, $crate::Error> {
+                $crate::backends::object_record::ConditionalStore::read(self, name).await
+            }
+
+            fn stale_lock_hint(&self, name: &$crate::LockName, _holder: Option<&$crate::Holder>) -> String {
+                format!(
+                    "If its holder is gone, it is taken over once its record has stayed unchanged for a whole \
+                     lease (ttl); to free it now, delete {}",
+                    $crate::backends::object_record::ConditionalStore::location(self, name)
+                )
+            }
+        }
+    };
+}
+pub(crate) use object_store_backend;
+
 /// Checks a configured key prefix: it may be empty, or must end with `/`.
 pub(crate) fn check_prefix(backend: &'static str, prefix: &str) -> Result<String, crate::Error> {
     let prefix = prefix.trim_start_matches('/');
@@ -96,6 +164,12 @@ pub(crate) fn check_prefix(backend: &'static str, prefix: &str) -> Result<String
 pub(crate) trait ConditionalStore: Send + Sync {
     /// The backend kind, for messages.
     const KIND: &'static str;
+
+    /// What the backend can do (all object stores have leases).
+    fn capabilities(&self) -> crate::Capabilities;
+
+    /// Where a lock's record lives, for people: `s3://bucket/key`.
+    fn location(&self, name: &crate::LockName) -> String;
 
     /// Writes `lease`'s record if there is none (`expected` is `None`) or if the record's
     /// version is `expected`. `Ok(None)` when that condition failed or the target is gone.

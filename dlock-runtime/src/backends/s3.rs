@@ -8,16 +8,13 @@
 //! that had succeeded; the record is then read back and decided by owner id.
 
 use super::object_record::{self, ConditionalStore};
-use crate::backend::{
-    AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Version,
-};
+use crate::backend::{Capabilities, Holder, Lease, Version};
 use crate::{Error, LockName};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use std::fmt;
-use std::time::Duration;
 use tokio::sync::OnceCell;
 
 const KIND: &str = "s3";
@@ -118,12 +115,7 @@ impl S3Builder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<S3Backend, Error> {
-        if self.bucket.is_empty() {
-            return Err(Error::Config {
-                message: "s3: no bucket given; set one with `.bucket(..)`, `s3://BUCKET/prefix` or DLOCK_S3_BUCKET"
-                    .into(),
-            });
-        }
+        object_record::check_bucket(KIND, &self.bucket, "s3", "DLOCK_S3_BUCKET")?;
         let prefix = object_record::check_prefix(KIND, &self.prefix)?;
         Ok(S3Backend {
             settings: self,
@@ -151,8 +143,7 @@ impl S3Backend {
 
     /// `s3://bucket/prefix`, with the rest from the environment.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let rest = url.strip_prefix("s3://").unwrap_or(url);
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (bucket, prefix) = object_record::split_url(url, "s3");
         let mut builder = S3Backend::from_env().bucket(bucket);
         if !prefix.is_empty() {
             builder = builder.prefix(prefix);
@@ -269,6 +260,17 @@ impl S3Backend {
 impl ConditionalStore for S3Backend {
     const KIND: &'static str = KIND;
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            leases: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn location(&self, name: &LockName) -> String {
+        format!("s3://{}/{}", self.settings.bucket, self.key_for(name))
+    }
+
     async fn write(
         &self,
         lease: &Lease,
@@ -335,41 +337,4 @@ fn status<E>(e: &SdkError<E>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-#[async_trait::async_trait]
-impl Backend for S3Backend {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            leases: true,
-            ..Capabilities::default()
-        }
-    }
-
-    async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
-        object_record::try_acquire(self, request).await
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
-        object_record::renew(self, lease, ttl).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        object_record::release(self, lease).await
-    }
-
-    async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
-        self.read(name).await
-    }
-
-    fn stale_lock_hint(&self, name: &LockName, _holder: Option<&Holder>) -> String {
-        format!(
-            "If its holder is gone, it is taken over once its record has stayed unchanged for a whole lease (ttl); \
-             to free it now, delete s3://{}/{}",
-            self.settings.bucket,
-            self.key_for(name)
-        )
-    }
-}
+object_record::object_store_backend!(S3Backend);

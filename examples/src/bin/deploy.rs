@@ -7,6 +7,8 @@
 //! cargo run -p dlock-examples --bin deploy -- build
 //! cargo run -p dlock-examples --bin deploy -- deploy --env prod
 //! DLOCK_BACKEND=file:///var/lock/ci cargo run -p dlock-examples --bin deploy -- build
+//! cargo run -p dlock-examples --features s3 --bin deploy -- --backend s3://my-locks/ci build
+//! cargo run -p dlock-examples --features gcs --bin deploy -- --backend gs://my-locks/ci build
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -17,7 +19,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(about = "Build and deploy, one at a time across processes and machines")]
 struct Cli {
-    /// Where the locks live: file:///dir or memory://
+    /// Where the locks live: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix
     #[arg(long, env = "DLOCK_BACKEND", default_value_t = dlock_examples::default_backend_url())]
     backend: String,
     /// Seconds each step pretends to work

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Parser)]
 #[command(about = "Run a job every tick on exactly one replica")]
 struct Cli {
-    /// Where the locks live: file:///dir or memory://
+    /// Where the locks live: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix
     #[arg(long, env = "DLOCK_BACKEND", default_value_t = dlock_examples::default_backend_url())]
     backend: String,
     /// How many ticks to run
