@@ -5,6 +5,11 @@
 //! ```text
 //! cargo run --release -p dlock-examples --bin bench
 //! ```
+//!
+//! With `--features s3,gcs` and the stand-ins' variables set (`AWS_ENDPOINT_URL`,
+//! `DLOCK_TEST_S3_BUCKET`, `STORAGE_EMULATOR_HOST`, `DLOCK_TEST_GCS_BUCKET`; see
+//! tests/stand-ins/start.sh), it also compares a lock cycle on S3 and GCS with the bare
+//! conditional write and conditional delete made through the same client library.
 
 use dlock_runtime::distributed_lock;
 use dlock_runtime::{
@@ -50,7 +55,7 @@ where
 
 fn row(what: &str, time: Duration, baseline: Duration) {
     println!(
-        "| {what:<44} | {:>9.2} | {:>5.2}x |",
+        "| {what:<62} | {:>9.2} | {:>5.2}x |",
         time.as_nanos() as f64 / 1000.0,
         time.as_nanos() as f64 / baseline.as_nanos().max(1) as f64
     );
@@ -116,8 +121,11 @@ async fn main() {
         .install()
         .expect("install");
 
-    println!("| cycle (acquire + release, uncontended)       | mean (µs) | vs raw |");
-    println!("|----------------------------------------------|-----------|--------|");
+    println!(
+        "| {:<62} | mean (µs) | vs raw |",
+        "cycle (acquire + release, uncontended)"
+    );
+    println!("|{}|-----------|--------|", "-".repeat(64));
 
     let path = dir.path().join("raw.lock");
     let raw = mean(5000, || async { raw_file_cycle(&path) }).await;
@@ -139,4 +147,122 @@ async fn main() {
     row("memory: Backend::try_acquire + release", raw, raw);
     let lock = mean(50_000, || lock_cycle(memory.clone(), "bench-memory-lock")).await;
     row("memory: Lock::acquire_on + release", lock, raw);
+
+    #[cfg(feature = "s3")]
+    if let Ok(bucket) = std::env::var("DLOCK_TEST_S3_BUCKET") {
+        cloud::s3(&bucket).await;
+    }
+    #[cfg(feature = "gcs")]
+    if let Ok(bucket) = std::env::var("DLOCK_TEST_GCS_BUCKET") {
+        cloud::gcs(&bucket).await;
+    }
+}
+
+/// Object stores: a lock cycle costs a conditional create and a conditional delete.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+mod cloud {
+    use super::{lock_cycle, mean, row};
+    use std::sync::Arc;
+
+    const ITERATIONS: u32 = 300;
+
+    #[cfg(feature = "s3")]
+    pub async fn s3(bucket: &str) {
+        use aws_sdk_s3::primitives::ByteStream;
+        let sdk = aws_config::load_from_env().await;
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        );
+        let raw = mean(ITERATIONS, || async {
+            let put = client
+                .put_object()
+                .bucket(bucket)
+                .key("bench/raw")
+                .if_none_match("*")
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await
+                .expect("put");
+            let etag = put.e_tag().unwrap_or_default();
+            client
+                .delete_object()
+                .bucket(bucket)
+                .key("bench/raw")
+                .if_match(etag)
+                .send()
+                .await
+                .expect("delete");
+        })
+        .await;
+        row(
+            "s3 (moto): PutObject If-None-Match + Delete If-Match",
+            raw,
+            raw,
+        );
+        let backend = dlock_runtime::S3Backend::from_env()
+            .bucket(bucket)
+            .prefix("bench")
+            .build()
+            .expect("s3");
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let lock = mean(ITERATIONS, || lock_cycle(backend.clone(), "bench-s3")).await;
+        row("s3 (moto): Lock::acquire_on + release", lock, raw);
+    }
+
+    #[cfg(feature = "gcs")]
+    pub async fn gcs(bucket: &str) {
+        use gcloud_storage::client::{Client, ClientConfig};
+        use gcloud_storage::http::objects::Object;
+        use gcloud_storage::http::objects::delete::DeleteObjectRequest;
+        use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
+        let endpoint = std::env::var("STORAGE_EMULATOR_HOST").expect("STORAGE_EMULATOR_HOST");
+        let config = ClientConfig {
+            storage_endpoint: endpoint,
+            ..ClientConfig::default()
+        }
+        .anonymous();
+        let client = Client::new(config);
+        let raw = mean(ITERATIONS, || async {
+            let request = UploadObjectRequest {
+                bucket: bucket.into(),
+                if_generation_match: Some(0),
+                ..Default::default()
+            };
+            let upload = UploadType::Multipart(Box::new(Object {
+                name: "bench/raw".into(),
+                ..Default::default()
+            }));
+            let object = client
+                .upload_object(&request, b"x".to_vec(), &upload)
+                .await
+                .expect("upload");
+            let delete = DeleteObjectRequest {
+                bucket: bucket.into(),
+                object: "bench/raw".into(),
+                if_generation_match: Some(object.generation),
+                ..Default::default()
+            };
+            client.delete_object(&delete).await.expect("delete");
+        })
+        .await;
+        row(
+            "gcs (fake-gcs-server): multipart ifGenerationMatch=0 + DELETE",
+            raw,
+            raw,
+        );
+        let backend = dlock_runtime::GcsBackend::from_env()
+            .bucket(bucket)
+            .prefix("bench")
+            .build()
+            .expect("gcs");
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let lock = mean(ITERATIONS, || lock_cycle(backend.clone(), "bench-gcs")).await;
+        row(
+            "gcs (fake-gcs-server): Lock::acquire_on + release",
+            lock,
+            raw,
+        );
+    }
 }
