@@ -49,11 +49,10 @@ enum AppError {
 /// Builds the artifacts; waits up to 30 s for a running build or deploy to finish.
 #[distributed_lock(name = "artifacts", timeout = "30s", ttl = "60s")]
 async fn build(work: Duration) -> Result<(), AppError> {
-    let token = dlock_runtime::current().and_then(|l| l.fencing_token());
-    println!(
-        "build: compiling (fencing token {})",
-        token.unwrap_or_default()
-    );
+    match dlock_runtime::current().and_then(|l| l.fencing_token()) {
+        Some(token) => println!("build: compiling (fencing token {token})"),
+        None => println!("build: compiling (this backend issues no fencing tokens)"),
+    }
     tokio::time::sleep(work).await;
     println!("build: artifacts ready");
     Ok(())
