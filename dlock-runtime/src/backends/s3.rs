@@ -7,7 +7,7 @@
 //! in the SDK, so the HTTP status decides. A 412 can also be the SDK's own retry of a write
 //! that had succeeded; the record is then read back and decided by owner id.
 
-use super::object_record::{self, ConditionalStore};
+use super::record_store::{self, Condition, ConditionalStore, Write};
 use crate::backend::{Capabilities, Holder, Lease, Version};
 use crate::{Error, LockName};
 use aws_sdk_s3::Client;
@@ -115,8 +115,8 @@ impl S3Builder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<S3Backend, Error> {
-        object_record::check_bucket(KIND, &self.bucket, "s3", "DLOCK_S3_BUCKET")?;
-        let prefix = object_record::check_prefix(KIND, &self.prefix)?;
+        record_store::check_bucket(KIND, &self.bucket, "s3", "DLOCK_S3_BUCKET")?;
+        let prefix = record_store::check_prefix(KIND, &self.prefix)?;
         Ok(S3Backend {
             settings: self,
             prefix,
@@ -143,7 +143,7 @@ impl S3Backend {
 
     /// `s3://bucket/prefix`, with the rest from the environment.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let (bucket, prefix) = object_record::split_url(url, "s3");
+        let (bucket, prefix) = record_store::split_url(url, "s3");
         let mut builder = S3Backend::from_env().bucket(bucket);
         if !prefix.is_empty() {
             builder = builder.prefix(prefix);
@@ -153,7 +153,7 @@ impl S3Backend {
 
     /// The object key of a lock.
     pub fn key_for(&self, name: &LockName) -> String {
-        object_record::key(&self.prefix, name)
+        record_store::key(&self.prefix, name)
     }
 
     async fn client(&self) -> Result<&Client, Error> {
@@ -271,27 +271,31 @@ impl ConditionalStore for S3Backend {
         format!("s3://{}/{}", self.settings.bucket, self.key_for(name))
     }
 
-    async fn write(
-        &self,
-        lease: &Lease,
-        expected: Option<&Version>,
-    ) -> Result<Option<Version>, Error> {
+    async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
+        // Object stores do a takeover and a renewal alike: a write if the version matches.
+        let expected = match condition {
+            Condition::Free => None,
+            Condition::Replace(version) | Condition::Renew(version) => Some(version),
+        };
         let client = self.client().await?;
         let mut put = client
             .put_object()
             .bucket(&self.settings.bucket)
             .key(self.key_for(&lease.name))
-            .set_metadata(Some(object_record::metadata(lease)))
+            .set_metadata(Some(record_store::metadata(lease)))
             .content_type("text/plain")
-            .body(ByteStream::from(object_record::body(lease)));
+            .body(ByteStream::from(record_store::body(lease)));
         put = match expected {
             None => put.if_none_match("*"),
             Some(version) => put.if_match(version.as_str()),
         };
         match put.send().await {
-            Ok(out) => Ok(Some(Version::new(out.e_tag().unwrap_or_default()))),
+            Ok(out) => Ok(Write::Done {
+                version: Version::new(out.e_tag().unwrap_or_default()),
+                fencing_token: None,
+            }),
             // 412: the condition failed. 404: an If-Match target is gone.
-            Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(None),
+            Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(Write::Refused(None)),
             Err(e) => Err(self.error("writing the lock record", e)),
         }
     }
@@ -307,7 +311,7 @@ impl ConditionalStore for S3Backend {
         {
             Ok(out) => {
                 let version = Version::new(out.e_tag().unwrap_or_default());
-                Ok(Some(object_record::holder(out.metadata(), version)))
+                Ok(Some(record_store::holder(out.metadata(), version)))
             }
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.error("reading the lock record", e)),
@@ -337,4 +341,4 @@ fn status<E>(e: &SdkError<E>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-object_record::object_store_backend!(S3Backend);
+record_store::conditional_store_backend!(S3Backend);

@@ -9,6 +9,8 @@
 //! DLOCK_BACKEND=file:///var/lock/ci cargo run -p dlock-examples --bin deploy -- build
 //! cargo run -p dlock-examples --features s3 --bin deploy -- --backend s3://my-locks/ci build
 //! cargo run -p dlock-examples --features gcs --bin deploy -- --backend gs://my-locks/ci build
+//! cargo run -p dlock-examples --features dynamodb --bin deploy -- --backend dynamodb://dlock_locks build
+//! cargo run -p dlock-examples --features mongodb --bin deploy -- --backend 'mongodb://db1/app?collection=locks' build
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -19,7 +21,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(about = "Build and deploy, one at a time across processes and machines")]
 struct Cli {
-    /// Where the locks live: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix
+    /// Where the locks live: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix,
+    /// dynamodb://table, mongodb://host/db?collection=locks
     #[arg(long, env = "DLOCK_BACKEND", default_value_t = dlock_examples::default_backend_url())]
     backend: String,
     /// Seconds each step pretends to work

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Parser)]
 #[command(about = "Run a job every tick on exactly one replica")]
 struct Cli {
-    /// Where the locks live: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix
+    /// Where the locks live: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix,
+    /// dynamodb://table, mongodb://host/db?collection=locks
     #[arg(long, env = "DLOCK_BACKEND", default_value_t = dlock_examples::default_backend_url())]
     backend: String,
     /// How many ticks to run

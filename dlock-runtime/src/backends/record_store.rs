@@ -1,23 +1,32 @@
-//! The lock record of the object-store backends: the holder as object metadata (readable with
-//! a metadata-only request), and a small body that differs on every write, so that every write
-//! gets a new version even where the version is a content hash (S3's ETag).
+//! The lock protocol of every store that offers conditional writes (S3, GCS, DynamoDB,
+//! MongoDB), written once over [`ConditionalStore`]; and the object stores' record: the holder
+//! as object metadata (readable with a metadata-only request), and a small body that differs on
+//! every write, so that every write gets a new version even where the version is a content
+//! hash (S3's ETag).
 
 use crate::backend::{Holder, Lease, Owner, Version};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 const OWNER: &str = "dlock-owner";
+#[cfg(any(feature = "s3", feature = "gcs"))]
 const HOST: &str = "dlock-host";
+#[cfg(any(feature = "s3", feature = "gcs"))]
 const PID: &str = "dlock-pid";
+#[cfg(any(feature = "s3", feature = "gcs"))]
 const ACQUIRED_AT: &str = "dlock-acquired-at-ms";
+#[cfg(any(feature = "s3", feature = "gcs"))]
 const TTL: &str = "dlock-ttl-ms";
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 fn millis(t: SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// The metadata of a lease's record.
 pub(crate) fn metadata(lease: &Lease) -> HashMap<String, String> {
     HashMap::from([
@@ -32,6 +41,7 @@ pub(crate) fn metadata(lease: &Lease) -> HashMap<String, String> {
     ])
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// The body of a lease's record: readable by people, and new on every write.
 pub(crate) fn body(lease: &Lease) -> Vec<u8> {
     format!(
@@ -47,6 +57,7 @@ pub(crate) fn body(lease: &Lease) -> Vec<u8> {
     .into_bytes()
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// The holder a record's metadata names; a record without dlock's metadata (written by
 /// something else) is held by an unknown owner.
 pub(crate) fn holder(metadata: Option<&HashMap<String, String>>, version: Version) -> Holder {
@@ -69,12 +80,14 @@ pub(crate) fn holder(metadata: Option<&HashMap<String, String>>, version: Versio
     }
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// The object key of a lock: the prefix, then the encoded name (never able to leave the
 /// prefix), within the stores' 1024-byte key limit.
 pub(crate) fn key(prefix: &str, name: &crate::LockName) -> String {
     format!("{prefix}{}", name.encoded(1000 - prefix.len().min(900)))
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// `scheme://bucket/prefix` split into bucket and prefix.
 pub(crate) fn split_url<'a>(url: &'a str, scheme: &str) -> (&'a str, &'a str) {
     let rest = url
@@ -84,6 +97,7 @@ pub(crate) fn split_url<'a>(url: &'a str, scheme: &str) -> (&'a str, &'a str) {
     rest.split_once('/').unwrap_or((rest, ""))
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// Checks that a bucket was given.
 pub(crate) fn check_bucket(
     backend: &'static str,
@@ -102,47 +116,48 @@ pub(crate) fn check_bucket(
 }
 
 /// Implements [`Backend`](crate::Backend) for a [`ConditionalStore`]: the lock protocol is
-/// the same for every object store.
-macro_rules! object_store_backend {
+/// the same for every conditional store.
+macro_rules! conditional_store_backend {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl $crate::Backend for $store {
             fn kind(&self) -> &'static str {
-                <Self as $crate::backends::object_record::ConditionalStore>::KIND
+                <Self as $crate::backends::record_store::ConditionalStore>::KIND
             }
 
             fn capabilities(&self) -> $crate::Capabilities {
-                $crate::backends::object_record::ConditionalStore::capabilities(self)
+                $crate::backends::record_store::ConditionalStore::capabilities(self)
             }
 
             async fn try_acquire(&self, request: &$crate::AcquireRequest) -> Result<$crate::AcquireOutcome, $crate::Error> {
-                $crate::backends::object_record::try_acquire(self, request).await
+                $crate::backends::record_store::try_acquire(self, request).await
             }
 
             async fn renew(&self, lease: &$crate::Lease, ttl: std::time::Duration) -> Result<$crate::Lease, $crate::Error> {
-                $crate::backends::object_record::renew(self, lease, ttl).await
+                $crate::backends::record_store::renew(self, lease, ttl).await
             }
 
             async fn release(&self, lease: &$crate::Lease) -> Result<(), $crate::Error> {
-                $crate::backends::object_record::release(self, lease).await
+                $crate::backends::record_store::release(self, lease).await
             }
 
             async fn inspect(&self, name: &$crate::LockName) -> Result<Option<$crate::Holder>, $crate::Error> {
-                $crate::backends::object_record::ConditionalStore::read(self, name).await
+                $crate::backends::record_store::ConditionalStore::read(self, name).await
             }
 
             fn stale_lock_hint(&self, name: &$crate::LockName, _holder: Option<&$crate::Holder>) -> String {
                 format!(
                     "If its holder is gone, it is taken over once its record has stayed unchanged for a whole \
                      lease (ttl); to free it now, delete {}",
-                    $crate::backends::object_record::ConditionalStore::location(self, name)
+                    $crate::backends::record_store::ConditionalStore::location(self, name)
                 )
             }
         }
     };
 }
-pub(crate) use object_store_backend;
+pub(crate) use conditional_store_backend;
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
 /// Checks a configured key prefix: it may be empty, or must end with `/`.
 pub(crate) fn check_prefix(backend: &'static str, prefix: &str) -> Result<String, crate::Error> {
     let prefix = prefix.trim_start_matches('/');
@@ -158,32 +173,51 @@ pub(crate) fn check_prefix(backend: &'static str, prefix: &str) -> Result<String
     }
 }
 
-/// The three requests an object store must make conditionally; the lock protocol on top of
-/// them is written once, in [`try_acquire`], [`renew`] and [`release`].
+/// When a conditional write may happen.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Condition<'a> {
+    /// A new acquisition of a free lock (no record, or a released one).
+    Free,
+    /// A takeover of a stale holder whose record still has this version.
+    Replace(&'a Version),
+    /// A renewal by the lease's owner, whose record still has this version.
+    Renew(&'a Version),
+}
+
+/// The answer to a conditional write.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// Written: the record's new version, and its fencing token where the store keeps one.
+    Done {
+        version: Version,
+        fencing_token: Option<u64>,
+    },
+    /// The condition failed. Carries the record as it is, where the store returned it with the
+    /// failure (DynamoDB's ALL_OLD); `None` makes the protocol read it.
+    Refused(Option<Holder>),
+}
+
+/// The three requests a store must make conditionally; the lock protocol on top of them is
+/// written once, in [`try_acquire`], [`renew`] and [`release`].
 #[async_trait::async_trait]
 pub(crate) trait ConditionalStore: Send + Sync {
     /// The backend kind, for messages.
     const KIND: &'static str;
 
-    /// What the backend can do (all object stores have leases).
+    /// What the backend can do (all these stores have leases).
     fn capabilities(&self) -> crate::Capabilities;
 
     /// Where a lock's record lives, for people: `s3://bucket/key`.
     fn location(&self, name: &crate::LockName) -> String;
 
-    /// Writes `lease`'s record if there is none (`expected` is `None`) or if the record's
-    /// version is `expected`. `Ok(None)` when that condition failed or the target is gone.
-    async fn write(
-        &self,
-        lease: &Lease,
-        expected: Option<&Version>,
-    ) -> Result<Option<Version>, crate::Error>;
+    /// Writes `lease`'s record if `condition` holds.
+    async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, crate::Error>;
 
-    /// The record as it is now, `None` if there is none.
+    /// The holder as it is now, `None` if the lock is free.
     async fn read(&self, name: &crate::LockName) -> Result<Option<Holder>, crate::Error>;
 
-    /// Deletes `lease`'s record if its version is still `lease.version`: `Ok(true)` when
-    /// deleted or already gone, `Ok(false)` when the condition failed.
+    /// Frees the lock if its record's version is still `lease.version`: `Ok(true)` when freed
+    /// or already free, `Ok(false)` when someone else holds it.
     async fn delete(&self, lease: &Lease) -> Result<bool, crate::Error>;
 }
 
@@ -192,9 +226,14 @@ pub(crate) trait ConditionalStore: Send + Sync {
 async fn resolve<S: ConditionalStore>(
     store: &S,
     lease: &Lease,
-) -> Result<Result<Version, Option<Holder>>, crate::Error> {
-    match store.read(&lease.name).await? {
-        Some(h) if h.owner.id == lease.owner.id => Ok(Ok(h.version)),
+    current: Option<Holder>,
+) -> Result<Result<Holder, Option<Holder>>, crate::Error> {
+    let current = match current {
+        Some(holder) => Some(holder),
+        None => store.read(&lease.name).await?,
+    };
+    match current {
+        Some(h) if h.owner.id == lease.owner.id => Ok(Ok(h)),
         other => Ok(Err(other)),
     }
 }
@@ -211,16 +250,25 @@ pub(crate) async fn try_acquire<S: ConditionalStore>(
         fencing_token: None,
         acquired_at: SystemTime::now(),
     };
-    let mut written = store.write(&lease, request.replace.as_ref()).await?;
-    if written.is_none() && request.replace.is_some() && store.read(&request.name).await?.is_none()
+    let condition = request
+        .replace
+        .as_ref()
+        .map_or(Condition::Free, Condition::Replace);
+    let mut written = store.write(&lease, condition).await?;
+    if matches!(written, Write::Refused(None))
+        && request.replace.is_some()
+        && store.read(&request.name).await?.is_none()
     {
         // The stale record is gone already: take the lock as free.
-        written = store.write(&lease, None).await?;
+        written = store.write(&lease, Condition::Free).await?;
     }
-    lease.version = match written {
-        Some(version) => version,
-        None => match resolve(store, &lease).await? {
-            Ok(version) => version,
+    let (version, fencing_token) = match written {
+        Write::Done {
+            version,
+            fencing_token,
+        } => (version, fencing_token),
+        Write::Refused(current) => match resolve(store, &lease, current).await? {
+            Ok(ours) => (ours.version, ours.fencing_token),
             Err(Some(holder)) => return Ok(crate::AcquireOutcome::Busy(holder)),
             Err(None) => {
                 return Err(crate::Error::temporary(
@@ -231,6 +279,8 @@ pub(crate) async fn try_acquire<S: ConditionalStore>(
             }
         },
     };
+    lease.version = version;
+    lease.fencing_token = fencing_token;
     Ok(crate::AcquireOutcome::Acquired(lease))
 }
 
@@ -246,9 +296,17 @@ pub(crate) async fn renew<S: ConditionalStore>(
     let lost = || crate::Error::Lost {
         name: lease.name.to_string(),
     };
-    let version = match store.write(&renewed, Some(&lease.version)).await? {
-        Some(version) => version,
-        None => resolve(store, lease).await?.map_err(|_| lost())?,
+    let version = match store
+        .write(&renewed, Condition::Renew(&lease.version))
+        .await?
+    {
+        Write::Done { version, .. } => version,
+        Write::Refused(current) => {
+            resolve(store, lease, current)
+                .await?
+                .map_err(|_| lost())?
+                .version
+        }
     };
     Ok(Lease { version, ..renewed })
 }
@@ -266,7 +324,7 @@ pub(crate) async fn release<S: ConditionalStore>(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "s3", feature = "gcs")))]
 mod tests {
     use super::*;
     use crate::LockName;

@@ -1,0 +1,394 @@
+//! MongoDB: one document per lock name (`_id` = the name), written with conditional updates.
+//!
+//! Acquire is one `findOneAndUpdate` with upsert whose filter matches only a free (released)
+//! record or — for a takeover — the version a waiter saw unchanged for a whole lease. If the
+//! lock is held, the filter matches nothing and the upsert's insert collides on `_id`:
+//! duplicate key (11000) means busy. The same update `$inc`s a fencing counter that release
+//! keeps. Times are the server's (`$currentDate`), never a client clock, and no decision
+//! depends on them. An optional TTL index removes records unused for a long time; correctness
+//! never relies on it (a removed record restarts its fencing tokens, so keep it long).
+
+use super::record_store::{self, Condition, ConditionalStore, Write};
+use crate::backend::{Capabilities, Holder, Lease, Owner, Version};
+use crate::{Error, LockName};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, IndexModel};
+use std::fmt;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::OnceCell;
+
+const KIND: &str = "mongodb";
+/// The collection used when none is configured.
+pub const DEFAULT_COLLECTION: &str = "dlock_locks";
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Locks as documents of a MongoDB collection.
+///
+/// Configure with [`MongoBackend::builder`], [`MongoBackend::from_env`] (`DLOCK_MONGODB_URI`)
+/// or the URL `mongodb://host:port/db?collection=locks` (any MongoDB connection string; the
+/// `collection` option is dlock's, the rest goes to the driver). The database is the one the
+/// URI names (default `dlock`). Unless the URI says otherwise, a server that cannot be reached
+/// fails after 5 s instead of the driver's 30.
+///
+/// Privileges needed: `find` and `update` on the collection (`createIndex` for
+/// [`gc_after`](MongoBuilder::gc_after)).
+///
+/// ```no_run
+/// use dlock_runtime::{MongoBackend, Registry};
+///
+/// let mongo = MongoBackend::builder()
+///     .uri("mongodb://127.0.0.1:27017/app?directConnection=true")
+///     .collection("locks")
+///     .build()?;
+/// Registry::builder().backend("mongodb", mongo).build()?.install().expect("once");
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
+pub struct MongoBackend {
+    settings: MongoBuilder,
+    collection: OnceCell<Collection<Document>>,
+}
+
+impl fmt::Debug for MongoBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoBackend")
+            .field("collection", &self.settings.collection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`MongoBackend`]; setters never fail, [`build`](MongoBuilder::build) checks.
+#[derive(Clone)]
+#[must_use = "call .build()"]
+pub struct MongoBuilder {
+    uri: String,
+    collection: String,
+    gc_after: Option<Duration>,
+}
+
+impl fmt::Debug for MongoBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URI may carry a password.
+        f.debug_struct("MongoBuilder")
+            .field("collection", &self.collection)
+            .field("gc_after", &self.gc_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MongoBuilder {
+    fn default() -> Self {
+        MongoBuilder {
+            uri: String::new(),
+            collection: DEFAULT_COLLECTION.to_string(),
+            gc_after: None,
+        }
+    }
+}
+
+impl MongoBuilder {
+    /// The connection string (required).
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.uri = uri.into();
+        self
+    }
+
+    /// The collection (default `dlock_locks`).
+    pub fn collection(mut self, collection: impl Into<String>) -> Self {
+        self.collection = collection.into();
+        self
+    }
+
+    /// Creates a TTL index that deletes records not written for `after` (for lock names that
+    /// are made up and never used again, such as per-day names). Keep it far longer than any
+    /// lease: a deleted record restarts its fencing tokens.
+    pub fn gc_after(mut self, after: Duration) -> Self {
+        self.gc_after = Some(after);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<MongoBackend, Error> {
+        if !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
+            return Err(Error::Config {
+                message: "mongodb: the URI must start with mongodb:// or mongodb+srv://; set it with `.uri(..)`, \
+                          a `mongodb://host/db?collection=locks` URL or DLOCK_MONGODB_URI"
+                    .into(),
+            });
+        }
+        if self.collection.is_empty() || self.collection.contains('$') {
+            return Err(Error::Config {
+                message: format!("mongodb: `{}` is not a collection name", self.collection),
+            });
+        }
+        Ok(MongoBackend {
+            settings: self,
+            collection: OnceCell::new(),
+        })
+    }
+}
+
+impl MongoBackend {
+    /// Settings to fill in.
+    pub fn builder() -> MongoBuilder {
+        MongoBuilder::default()
+    }
+
+    /// Settings from the environment: `DLOCK_MONGODB_URI`, and `DLOCK_MONGODB_COLLECTION`.
+    pub fn from_env() -> MongoBuilder {
+        let mut builder =
+            MongoBackend::builder().uri(std::env::var("DLOCK_MONGODB_URI").unwrap_or_default());
+        if let Ok(collection) = std::env::var("DLOCK_MONGODB_COLLECTION") {
+            builder = builder.collection(collection);
+        }
+        builder
+    }
+
+    /// `mongodb://host:port/db?collection=locks&...`: dlock takes `collection`, the driver
+    /// the rest.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut collection = None;
+        let rest: Vec<&str> = query
+            .split('&')
+            .filter(|kv| match kv.strip_prefix("collection=") {
+                Some(name) => {
+                    collection = Some(name.to_string());
+                    false
+                }
+                None => !kv.is_empty(),
+            })
+            .collect();
+        let uri = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let mut builder = MongoBackend::builder().uri(uri);
+        if let Some(collection) = collection {
+            builder = builder.collection(collection);
+        }
+        builder.build()
+    }
+
+    async fn collection(&self) -> Result<&Collection<Document>, Error> {
+        self.collection.get_or_try_init(|| self.connect()).await
+    }
+
+    async fn connect(&self) -> Result<Collection<Document>, Error> {
+        let mut options = ClientOptions::parse(&self.settings.uri)
+            .await
+            .map_err(|e| {
+                Error::permanent(KIND, format!("invalid MongoDB URI: {e}"), Some(Box::new(e)))
+            })?;
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(5));
+        options.app_name.get_or_insert_with(|| "dlock".to_string());
+        let database = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| "dlock".to_string());
+        let client = Client::with_options(options).map_err(|e| self.error("connecting", e))?;
+        let collection = client
+            .database(&database)
+            .collection::<Document>(&self.settings.collection);
+        if let Some(after) = self.settings.gc_after {
+            let index = IndexModel::builder()
+                .keys(doc! { "seen_at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(after)
+                        .name("dlock_gc".to_string())
+                        .build(),
+                )
+                .build();
+            collection
+                .create_index(index)
+                .await
+                .map_err(|e| self.error("creating the TTL index", e))?;
+        }
+        Ok(collection)
+    }
+
+    fn error(&self, doing: &str, e: mongodb::error::Error) -> Error {
+        let code = error_code(&e);
+        let (temporary, message) = match &*e.kind {
+            ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. } => (
+                true,
+                format!(
+                    "cannot reach MongoDB while {doing}: {e}; check the URI's hosts and the network"
+                ),
+            ),
+            ErrorKind::Authentication { .. } => (
+                false,
+                format!("MongoDB refused the credentials while {doing}: {e}"),
+            ),
+            _ if code == Some(13) => (
+                false,
+                format!(
+                    "not authorized while {doing} on collection `{}`: the user needs find and update on it: {e}",
+                    self.settings.collection
+                ),
+            ),
+            _ if e.contains_label("RetryableWriteError")
+                || e.contains_label("TransientTransactionError") =>
+            {
+                (true, format!("{doing}: {e}"))
+            }
+            _ => (false, format!("{doing}: {e}")),
+        };
+        let source = Some(Box::new(e) as crate::BoxError);
+        if temporary {
+            Error::temporary(KIND, message, source)
+        } else {
+            Error::permanent(KIND, message, source)
+        }
+    }
+}
+
+/// The server's error code, for command and write errors.
+fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match &*e.kind {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+/// The holder a document names, `None` for a free (absent or released) lock.
+fn holder(document: Option<&Document>) -> Option<Holder> {
+    let d = document?;
+    let number = |k: &str| match d.get(k) {
+        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    Some(Holder {
+        owner: Owner {
+            id: d.get_str("owner").ok()?.to_string(),
+            host: d.get_str("host").unwrap_or_default().to_string(),
+            pid: number("pid")
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or_default(),
+        },
+        version: Version::new(d.get_str("record_version").unwrap_or_default()),
+        acquired_at: d
+            .get_datetime("acquired_at")
+            .ok()
+            .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        ttl: number("ttl_ms").map(Duration::from_millis),
+        fencing_token: number("fencing_token"),
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait::async_trait]
+impl ConditionalStore for MongoBackend {
+    const KIND: &'static str = KIND;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            leases: true,
+            fencing_tokens: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn location(&self, name: &LockName) -> String {
+        format!(
+            "the document {{_id: {name:?}}} of collection `{}`",
+            self.settings.collection
+        )
+    }
+
+    async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
+        let collection = self.collection().await?;
+        let version = Owner::generate().id;
+        let name = lease.name.as_str();
+        let (filter, update, upsert) = match condition {
+            Condition::Free | Condition::Replace(_) => {
+                let free = match condition {
+                    Condition::Replace(stale) => {
+                        doc! { "$or": [{ "owner": null }, { "record_version": stale.as_str() }] }
+                    }
+                    _ => doc! { "owner": null },
+                };
+                let mut filter = doc! { "_id": name };
+                filter.extend(free);
+                let update = doc! {
+                    "$set": {
+                        "owner": &lease.owner.id,
+                        "host": &lease.owner.host,
+                        "pid": i64::from(lease.owner.pid),
+                        "ttl_ms": millis(lease.ttl),
+                        "record_version": &version,
+                    },
+                    "$inc": { "fencing_token": 1_i64 },
+                    "$currentDate": { "acquired_at": true, "seen_at": true },
+                };
+                (filter, update, true)
+            }
+            Condition::Renew(current) => (
+                doc! { "_id": name, "owner": &lease.owner.id, "record_version": current.as_str() },
+                doc! {
+                    "$set": { "ttl_ms": millis(lease.ttl), "record_version": &version },
+                    "$currentDate": { "seen_at": true },
+                },
+                false,
+            ),
+        };
+        let result = collection
+            .find_one_and_update(filter, update)
+            .upsert(upsert)
+            .return_document(ReturnDocument::After)
+            .await;
+        match result {
+            Ok(Some(document)) => Ok(Write::Done {
+                version: Version::new(version),
+                fencing_token: holder(Some(&document)).and_then(|h| h.fencing_token),
+            }),
+            // No match without upsert, or the upsert's insert met the held record's _id.
+            Ok(None) => Ok(Write::Refused(None)),
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(Write::Refused(None)),
+            Err(e) => Err(self.error("writing the lock record", e)),
+        }
+    }
+
+    async fn read(&self, name: &LockName) -> Result<Option<Holder>, Error> {
+        let collection = self.collection().await?;
+        let document = collection
+            .find_one(doc! { "_id": name.as_str() })
+            .await
+            .map_err(|e| self.error("reading the lock record", e))?;
+        Ok(holder(document.as_ref()))
+    }
+
+    async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
+        let collection = self.collection().await?;
+        let filter = doc! { "_id": lease.name.as_str(), "owner": &lease.owner.id, "record_version": lease.version.as_str() };
+        // Keep the document and its fencing counter: tokens go on increasing after release.
+        let update = doc! {
+            "$unset": { "owner": "", "host": "", "pid": "", "ttl_ms": "", "record_version": "", "acquired_at": "" },
+            "$currentDate": { "seen_at": true },
+        };
+        let result = collection
+            .update_one(filter, update)
+            .await
+            .map_err(|e| self.error("releasing the lock record", e))?;
+        if result.matched_count == 1 {
+            return Ok(true);
+        }
+        // Free already (a retry of our own release): fine. Someone else's: lost.
+        Ok(self.read(&lease.name).await?.is_none())
+    }
+}
+
+record_store::conditional_store_backend!(MongoBackend);

@@ -1,0 +1,114 @@
+//! The MongoDB backend against SecantusDB (MongoDB wire protocol) on 127.0.0.1 (started by
+//! tests/run-all.sh).
+
+use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, Lock, LockName, MongoBackend, Owner};
+use dlock_tests::{
+    assert_exclusive_across_processes, assert_takeover_after_lease,
+    assert_unreachable_is_explained, fresh_name, stand_in,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_dlock-worker");
+
+fn uri() -> String {
+    stand_in("DLOCK_TEST_MONGODB_URI")
+}
+
+fn mongo(collection: &str) -> MongoBackend {
+    MongoBackend::builder()
+        .uri(uri())
+        .collection(collection)
+        .build()
+        .expect("mongodb backend")
+}
+
+/// `mongodb://host:port/db?collection=NAME&directConnection=true`
+fn url(collection: &str) -> String {
+    let uri = uri();
+    let (base, query) = uri.split_once('?').unwrap_or((&uri, ""));
+    format!("{base}?collection={collection}&{query}")
+}
+
+dlock_runtime::conformance_tests!(conformance, mongo("conformance"), Duration::from_secs(1));
+
+#[test]
+fn four_processes_never_overlap() {
+    assert_exclusive_across_processes(Path::new(WORKER), &url("stress"), 4, 125);
+}
+
+#[test]
+fn a_killed_holders_lock_is_taken_over_after_its_lease() {
+    assert_takeover_after_lease(Path::new(WORKER), &url("killed"));
+}
+
+#[tokio::test]
+async fn a_lost_race_is_a_duplicate_key_answered_as_busy_and_a_retry_is_ours() {
+    let backend = mongo("races");
+    let name = LockName::new(fresh_name("race")).expect("name");
+    let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
+    let AcquireOutcome::Acquired(first) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("free lock");
+    };
+    let AcquireOutcome::Acquired(again) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("a duplicate key on our own record must resolve to acquired");
+    };
+    assert_eq!(again.fencing_token, first.fencing_token);
+    let other = AcquireRequest::new(name, Owner::generate(), Duration::from_secs(30));
+    match backend.try_acquire(&other).await.expect("answer") {
+        AcquireOutcome::Busy(holder) => {
+            assert_eq!(holder.owner, first.owner);
+            assert!(
+                holder.acquired_at.is_some(),
+                "the server's time is recorded"
+            );
+        }
+        AcquireOutcome::Acquired(_) => panic!("acquired a held lock"),
+    }
+    backend.release(&first).await.expect("release");
+}
+
+#[tokio::test]
+async fn the_gc_index_is_created() {
+    let backend = MongoBackend::builder()
+        .uri(uri())
+        .collection("with_gc")
+        .gc_after(Duration::from_secs(7 * 24 * 3600))
+        .build()
+        .expect("settings");
+    let guard = Lock::new("gc")
+        .acquire_on(Arc::new(backend))
+        .await
+        .expect("acquire with a TTL index");
+    guard.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    let backend = MongoBackend::builder()
+        .uri("mongodb://127.0.0.1:9/?directConnection=true&serverSelectionTimeoutMS=500")
+        .build()
+        .expect("settings");
+    assert_unreachable_is_explained(Arc::new(backend), "cannot reach MongoDB").await;
+}
+
+#[test]
+fn urls_and_bad_settings() {
+    let err = MongoBackend::builder()
+        .uri("http://x")
+        .build()
+        .expect_err("not mongodb");
+    assert!(
+        err.to_string().contains("must start with mongodb://"),
+        "{err}"
+    );
+    assert!(
+        dlock_runtime::backend_from_url(
+            "mongodb://127.0.0.1:27017/app?collection=locks&directConnection=true"
+        )
+        .is_ok()
+    );
+}
