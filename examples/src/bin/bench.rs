@@ -6,10 +6,9 @@
 //! cargo run --release -p dlock-examples --bin bench
 //! ```
 //!
-//! With `--features s3,gcs` and the stand-ins' variables set (`AWS_ENDPOINT_URL`,
-//! `DLOCK_TEST_S3_BUCKET`, `STORAGE_EMULATOR_HOST`, `DLOCK_TEST_GCS_BUCKET`; see
-//! tests/stand-ins/start.sh), it also compares a lock cycle on S3 and GCS with the bare
-//! conditional write and conditional delete made through the same client library.
+//! With `--all-features` and the stand-ins' variables set (see tests/stand-ins/start.sh), it
+//! also compares a lock cycle on S3, GCS, DynamoDB and MongoDB with the bare conditional
+//! writes that take and free a lock, made through the same client library.
 
 use dlock_runtime::distributed_lock;
 use dlock_runtime::{
@@ -156,15 +155,80 @@ async fn main() {
     if let Ok(bucket) = std::env::var("DLOCK_TEST_GCS_BUCKET") {
         cloud::gcs(&bucket).await;
     }
+    #[cfg(feature = "dynamodb")]
+    if let Ok(table) = std::env::var("DLOCK_TEST_DYNAMODB_TABLE") {
+        cloud::dynamodb(&table).await;
+    }
+    #[cfg(feature = "mongodb")]
+    if let Ok(uri) = std::env::var("DLOCK_TEST_MONGODB_URI") {
+        cloud::mongodb(&uri).await;
+    }
 }
 
-/// Object stores: a lock cycle costs a conditional create and a conditional delete.
-#[cfg(any(feature = "s3", feature = "gcs"))]
+/// Remote stores: a lock cycle costs one conditional write to take the lock and one to free it.
+#[cfg(any(
+    feature = "s3",
+    feature = "gcs",
+    feature = "dynamodb",
+    feature = "mongodb"
+))]
 mod cloud {
-    use super::{lock_cycle, mean, row};
+    use super::{lock_cycle, row};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    const ITERATIONS: u32 = 300;
+    /// Means of a raw cycle and a lock cycle, measured in alternating batches so that both see
+    /// the same server conditions (the stand-ins' latency drifts by a fifth between runs); the
+    /// median batch mean of each.
+    async fn paired<R, RF, L, LF>(mut raw: R, mut lock: L) -> (Duration, Duration)
+    where
+        R: FnMut() -> RF,
+        RF: std::future::Future<Output = ()>,
+        L: FnMut() -> LF,
+        LF: std::future::Future<Output = ()>,
+    {
+        const BATCHES: usize = 15;
+        const PER_BATCH: u32 = 20;
+        for _ in 0..5 {
+            raw().await;
+            lock().await;
+        }
+        let (mut raws, mut locks) = (Vec::new(), Vec::new());
+        for _ in 0..BATCHES {
+            let start = Instant::now();
+            for _ in 0..PER_BATCH {
+                raw().await;
+            }
+            raws.push(start.elapsed() / PER_BATCH);
+            let start = Instant::now();
+            for _ in 0..PER_BATCH {
+                lock().await;
+            }
+            locks.push(start.elapsed() / PER_BATCH);
+        }
+        raws.sort();
+        locks.sort();
+        (raws[BATCHES / 2], locks[BATCHES / 2])
+    }
+
+    /// The holder metadata the lock stores with its object, for the baselines' requests.
+    #[cfg(any(feature = "s3", feature = "gcs"))]
+    fn metadata() -> std::collections::HashMap<String, String> {
+        [
+            ("dlock-owner", "0123456789abcdef0123456789abcdef"),
+            ("dlock-host", "host"),
+            ("dlock-pid", "1"),
+            ("dlock-acquired-at-ms", "1700000000000"),
+            ("dlock-ttl-ms", "30000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// A body the size of the lock's record.
+    #[cfg(any(feature = "s3", feature = "gcs"))]
+    const BODY: &[u8] = b"dlock lock record\nname=bench\nowner=0123456789abcdef0123456789abcdef\nhost=host\npid=1\nacquired_at_ms=1700000000000\nttl_ms=30000\nwrite=fedcba9876543210fedcba9876543210\n";
 
     #[cfg(feature = "s3")]
     pub async fn s3(bucket: &str) {
@@ -175,13 +239,15 @@ mod cloud {
                 .force_path_style(true)
                 .build(),
         );
-        let raw = mean(ITERATIONS, || async {
+        let raw_cycle = || async {
             let put = client
                 .put_object()
                 .bucket(bucket)
                 .key("bench/raw")
                 .if_none_match("*")
-                .body(ByteStream::from_static(b"x"))
+                .set_metadata(Some(metadata()))
+                .content_type("text/plain")
+                .body(ByteStream::from_static(BODY))
                 .send()
                 .await
                 .expect("put");
@@ -194,20 +260,19 @@ mod cloud {
                 .send()
                 .await
                 .expect("delete");
-        })
-        .await;
-        row(
-            "s3 (moto): PutObject If-None-Match + Delete If-Match",
-            raw,
-            raw,
-        );
+        };
         let backend = dlock_runtime::S3Backend::from_env()
             .bucket(bucket)
             .prefix("bench")
             .build()
             .expect("s3");
         let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
-        let lock = mean(ITERATIONS, || lock_cycle(backend.clone(), "bench-s3")).await;
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-s3")).await;
+        row(
+            "s3 (moto): the same PutObject If-None-Match + Delete If-Match",
+            raw,
+            raw,
+        );
         row("s3 (moto): Lock::acquire_on + release", lock, raw);
     }
 
@@ -224,7 +289,7 @@ mod cloud {
         }
         .anonymous();
         let client = Client::new(config);
-        let raw = mean(ITERATIONS, || async {
+        let raw_cycle = || async {
             let request = UploadObjectRequest {
                 bucket: bucket.into(),
                 if_generation_match: Some(0),
@@ -232,10 +297,12 @@ mod cloud {
             };
             let upload = UploadType::Multipart(Box::new(Object {
                 name: "bench/raw".into(),
+                content_type: Some("text/plain".into()),
+                metadata: Some(metadata()),
                 ..Default::default()
             }));
             let object = client
-                .upload_object(&request, b"x".to_vec(), &upload)
+                .upload_object(&request, BODY.to_vec(), &upload)
                 .await
                 .expect("upload");
             let delete = DeleteObjectRequest {
@@ -245,22 +312,144 @@ mod cloud {
                 ..Default::default()
             };
             client.delete_object(&delete).await.expect("delete");
-        })
-        .await;
-        row(
-            "gcs (fake-gcs-server): multipart ifGenerationMatch=0 + DELETE",
-            raw,
-            raw,
-        );
+        };
         let backend = dlock_runtime::GcsBackend::from_env()
             .bucket(bucket)
             .prefix("bench")
             .build()
             .expect("gcs");
         let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
-        let lock = mean(ITERATIONS, || lock_cycle(backend.clone(), "bench-gcs")).await;
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-gcs")).await;
+        row(
+            "gcs (fake-gcs-server): the same multipart create + DELETE",
+            raw,
+            raw,
+        );
         row(
             "gcs (fake-gcs-server): Lock::acquire_on + release",
+            lock,
+            raw,
+        );
+    }
+
+    #[cfg(feature = "dynamodb")]
+    pub async fn dynamodb(table: &str) {
+        use aws_sdk_dynamodb::types::{
+            AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure,
+        };
+        let client = aws_sdk_dynamodb::Client::new(&aws_config::load_from_env().await);
+        let s = |v: &str| AttributeValue::S(v.into());
+        let n = |v: &str| AttributeValue::N(v.into());
+        let names = [
+            ("#o", "owner"),
+            ("#h", "host"),
+            ("#p", "pid"),
+            ("#a", "acquired_at_ms"),
+            ("#t", "ttl_ms"),
+            ("#v", "record_version"),
+        ];
+        let owner = "0123456789abcdef0123456789abcdef";
+        let version = "fedcba9876543210fedcba9876543210";
+        // The same two requests the lock sends: the whole holder record, ALL_NEW, ALL_OLD.
+        let raw_cycle = || async {
+            let mut acquire = client
+                .update_item()
+                .table_name(table)
+                .key("resource_id", s("bench-raw"))
+                .update_expression(
+                    "SET #o = :o, #h = :h, #p = :p, #a = :a, #t = :t, #v = :v ADD #f :one",
+                )
+                .condition_expression("attribute_not_exists(#o)")
+                .expression_attribute_names("#f", "fencing_token")
+                .expression_attribute_values(":o", s(owner))
+                .expression_attribute_values(":h", s("host"))
+                .expression_attribute_values(":p", n("1"))
+                .expression_attribute_values(":a", n("1700000000000"))
+                .expression_attribute_values(":t", n("30000"))
+                .expression_attribute_values(":v", s(version))
+                .expression_attribute_values(":one", n("1"))
+                .return_values(ReturnValue::AllNew)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            let mut release = client
+                .update_item()
+                .table_name(table)
+                .key("resource_id", s("bench-raw"))
+                .update_expression("REMOVE #o, #h, #p, #a, #t, #v")
+                .condition_expression("#o = :o AND #v = :v")
+                .expression_attribute_values(":o", s(owner))
+                .expression_attribute_values(":v", s(version))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            for (placeholder, name) in names {
+                acquire = acquire.expression_attribute_names(placeholder, name);
+                release = release.expression_attribute_names(placeholder, name);
+            }
+            acquire.send().await.expect("acquire");
+            release.send().await.expect("release");
+        };
+        let backend = dlock_runtime::DynamoDbBackend::from_env()
+            .table(table)
+            .build()
+            .expect("dynamodb");
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-dynamodb")).await;
+        row(
+            "dynamodb (moto): the same two conditional UpdateItems",
+            raw,
+            raw,
+        );
+        row("dynamodb (moto): Lock::acquire_on + release", lock, raw);
+    }
+
+    #[cfg(feature = "mongodb")]
+    pub async fn mongodb(uri: &str) {
+        use mongodb::bson::{Document, doc};
+        let client = mongodb::Client::with_uri_str(uri).await.expect("client");
+        let collection = client.database("dlock_bench").collection::<Document>("raw");
+        let owner = "0123456789abcdef0123456789abcdef";
+        let version = "fedcba9876543210fedcba9876543210";
+        // The same two requests the lock sends.
+        let raw_cycle = || async {
+            let set = doc! { "owner": owner, "host": "host", "pid": 1_i64, "ttl_ms": 30000_i64, "record_version": version };
+            collection
+                .find_one_and_update(
+                    doc! { "_id": "bench-raw", "owner": null },
+                    doc! {
+                        "$set": set,
+                        "$inc": { "fencing_token": 1_i64 },
+                        "$currentDate": { "acquired_at": true, "seen_at": true },
+                    },
+                )
+                .upsert(true)
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await
+                .expect("acquire");
+            let unset = doc! { "owner": "", "host": "", "pid": "", "ttl_ms": "", "record_version": "", "acquired_at": "" };
+            collection
+                .update_one(
+                    doc! { "_id": "bench-raw", "owner": owner, "record_version": version },
+                    doc! { "$unset": unset, "$currentDate": { "seen_at": true } },
+                )
+                .await
+                .expect("release");
+        };
+        let backend = dlock_runtime::MongoBackend::builder()
+            .uri(uri)
+            .collection("bench")
+            .build()
+            .expect("mongodb");
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-mongodb")).await;
+        row(
+            "mongodb (SecantusDB): the same findOneAndUpdate + updateOne",
+            raw,
+            raw,
+        );
+        row(
+            "mongodb (SecantusDB): Lock::acquire_on + release",
             lock,
             raw,
         );
