@@ -149,7 +149,8 @@ impl Error {
         Self::backend(backend, true, message.into(), source)
     }
 
-    fn backend(
+    /// A backend failure, temporary or not as `temporary` says.
+    pub(crate) fn backend(
         backend: &'static str,
         temporary: bool,
         message: String,

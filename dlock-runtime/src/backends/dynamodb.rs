@@ -9,13 +9,14 @@
 //! attributes, keeping the counter. The lock never scans and never reads except to show a
 //! holder (`inspect`).
 
+use super::aws::AwsSettings;
 use super::record_store::{self, Condition, ConditionalStore, Write};
 use crate::backend::{Capabilities, Holder, Lease, Owner, Version};
 use crate::{Error, LockName};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
@@ -68,7 +69,7 @@ impl fmt::Debug for DynamoDbBackend {
         f.debug_struct("DynamoDbBackend")
             .field("table", &self.settings.table)
             .field("key_attribute", &self.settings.key_attribute)
-            .field("endpoint", &self.settings.endpoint)
+            .field("endpoint", &self.settings.aws.endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -80,9 +81,7 @@ impl fmt::Debug for DynamoDbBackend {
 pub struct DynamoDbBuilder {
     table: String,
     key_attribute: String,
-    endpoint: Option<String>,
-    region: Option<String>,
-    credentials: Option<(String, String)>,
+    aws: AwsSettings,
 }
 
 impl Default for DynamoDbBuilder {
@@ -90,9 +89,7 @@ impl Default for DynamoDbBuilder {
         DynamoDbBuilder {
             table: String::new(),
             key_attribute: DEFAULT_KEY_ATTRIBUTE.to_string(),
-            endpoint: None,
-            region: None,
-            credentials: None,
+            aws: AwsSettings::default(),
         }
     }
 }
@@ -112,13 +109,13 @@ impl DynamoDbBuilder {
 
     /// A custom endpoint (DynamoDB Local, a stand-in); also read from `AWS_ENDPOINT_URL`.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoint = Some(endpoint.into());
+        self.aws.endpoint = Some(endpoint.into());
         self
     }
 
     /// The region; otherwise from `AWS_REGION` or the profile.
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+        self.aws.region = Some(region.into());
         self
     }
 
@@ -128,7 +125,7 @@ impl DynamoDbBuilder {
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
-        self.credentials = Some((access_key_id.into(), secret_access_key.into()));
+        self.aws.credentials = Some((access_key_id.into(), secret_access_key.into()));
         self
     }
 
@@ -240,17 +237,27 @@ impl DynamoDbBackend {
 
     async fn connect(&self) -> Result<Client, Error> {
         let s = &self.settings;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &s.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &s.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some((id, secret)) = &s.credentials {
-            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "dlock"));
-        }
-        Ok(Client::new(&loader.load().await))
+        Ok(Client::new(&s.aws.load().await))
+    }
+
+    /// A conditional `UpdateItem` of `name`'s item that returns the item as it was when the
+    /// condition fails (ALL_OLD), to name the holder without a second read.
+    fn update_item(
+        &self,
+        client: &Client,
+        name: &LockName,
+        e: Expressions,
+    ) -> UpdateItemFluentBuilder {
+        let (k, v) = self.key(name);
+        client
+            .update_item()
+            .table_name(&self.settings.table)
+            .key(k, v)
+            .update_expression(e.update)
+            .condition_expression(e.condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
     }
 
     fn key(&self, name: &LockName) -> (String, AttributeValue) {
@@ -273,11 +280,7 @@ impl DynamoDbBackend {
             .to_string();
         let status = e.raw_response().map(|r| r.status().as_u16());
         let detail = DisplayErrorContext(&e).to_string();
-        let unreachable = match &e {
-            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-            SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
-            _ => false,
-        };
+        let unreachable = super::aws::unreachable(&e);
         let (temporary, message) = match (code.as_str(), status) {
             ("ResourceNotFoundException", _) => (
                 false,
@@ -316,11 +319,7 @@ impl DynamoDbBackend {
                 true,
                 format!(
                     "cannot reach DynamoDB{} while {doing}: {detail}; check the endpoint (AWS_ENDPOINT_URL) and the network",
-                    self.settings
-                        .endpoint
-                        .as_deref()
-                        .map(|e| format!(" at {e}"))
-                        .unwrap_or_default()
+                    self.settings.aws.at()
                 ),
             ),
             (_, None) => (
@@ -330,12 +329,7 @@ impl DynamoDbBackend {
                 ),
             ),
         };
-        let source = Some(Box::new(e) as crate::BoxError);
-        if temporary {
-            Error::temporary(KIND, message, source)
-        } else {
-            Error::permanent(KIND, message, source)
-        }
+        Error::backend(KIND, temporary, message, Some(Box::new(e)))
     }
 }
 
@@ -486,23 +480,10 @@ impl ConditionalStore for DynamoDbBackend {
     async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
         let client = self.client().await?;
         let version = Owner::generate().id;
-        let (k, v) = self.key(&lease.name);
-        let Expressions {
-            update,
-            condition,
-            names,
-            values,
-        } = write_expressions(lease, condition, &version);
-        let result = client
-            .update_item()
-            .table_name(&self.settings.table)
-            .key(k, v)
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
+        let expressions = write_expressions(lease, condition, &version);
+        let result = self
+            .update_item(client, &lease.name, expressions)
             .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
@@ -542,22 +523,8 @@ impl ConditionalStore for DynamoDbBackend {
 
     async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
         let client = self.client().await?;
-        let (k, v) = self.key(&lease.name);
-        let Expressions {
-            update,
-            condition,
-            names,
-            values,
-        } = release_expressions(lease);
-        let result = client
-            .update_item()
-            .table_name(&self.settings.table)
-            .key(k, v)
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        let result = self
+            .update_item(client, &lease.name, release_expressions(lease))
             .send()
             .await;
         match result {

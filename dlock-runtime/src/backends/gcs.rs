@@ -214,12 +214,7 @@ impl GcsBackend {
                 ),
             ),
         };
-        let source = Some(Box::new(e) as crate::BoxError);
-        if temporary {
-            Error::temporary(KIND, message, source)
-        } else {
-            Error::permanent(KIND, message, source)
-        }
+        Error::backend(KIND, temporary, message, Some(Box::new(e)))
     }
 }
 

@@ -1,5 +1,8 @@
 //! The built-in backends, one module each.
 
+#[cfg(any(feature = "s3", feature = "dynamodb"))]
+mod aws;
+
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 #[cfg(feature = "file")]

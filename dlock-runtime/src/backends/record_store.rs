@@ -4,9 +4,11 @@
 //! every write, so that every write gets a new version even where the version is a content
 //! hash (S3's ETag).
 
-use crate::backend::{Holder, Lease, Owner, Version};
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use crate::backend::{Holder, Lease, Version};
+use std::time::{Duration, SystemTime};
+// The object stores' record helpers below need these too.
+#[cfg(any(feature = "s3", feature = "gcs"))]
+use {crate::backend::Owner, std::collections::HashMap, std::time::UNIX_EPOCH};
 
 #[cfg(any(feature = "s3", feature = "gcs"))]
 const OWNER: &str = "dlock-owner";

@@ -7,11 +7,11 @@
 //! in the SDK, so the HTTP status decides. A 412 can also be the SDK's own retry of a write
 //! that had succeeded; the record is then read back and decided by owner id.
 
+use super::aws::AwsSettings;
 use super::record_store::{self, Condition, ConditionalStore, Write};
 use crate::backend::{Capabilities, Holder, Lease, Version};
 use crate::{Error, LockName};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use std::fmt;
@@ -55,7 +55,7 @@ impl fmt::Debug for S3Backend {
         f.debug_struct("S3Backend")
             .field("bucket", &self.settings.bucket)
             .field("prefix", &self.prefix)
-            .field("endpoint", &self.settings.endpoint)
+            .field("endpoint", &self.settings.aws.endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -66,9 +66,7 @@ impl fmt::Debug for S3Backend {
 pub struct S3Builder {
     bucket: String,
     prefix: String,
-    endpoint: Option<String>,
-    region: Option<String>,
-    credentials: Option<(String, String)>,
+    aws: AwsSettings,
     path_style: Option<bool>,
 }
 
@@ -87,13 +85,13 @@ impl S3Builder {
 
     /// A custom endpoint (a local stand-in, MinIO, ...); also read from `AWS_ENDPOINT_URL`.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoint = Some(endpoint.into());
+        self.aws.endpoint = Some(endpoint.into());
         self
     }
 
     /// The region; otherwise from `AWS_REGION` or the profile.
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+        self.aws.region = Some(region.into());
         self
     }
 
@@ -103,7 +101,7 @@ impl S3Builder {
         access_key_id: impl Into<String>,
         secret_access_key: impl Into<String>,
     ) -> Self {
-        self.credentials = Some((access_key_id.into(), secret_access_key.into()));
+        self.aws.credentials = Some((access_key_id.into(), secret_access_key.into()));
         self
     }
 
@@ -162,17 +160,7 @@ impl S3Backend {
 
     async fn connect(&self) -> Result<Client, Error> {
         let s = &self.settings;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &s.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &s.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        if let Some((id, secret)) = &s.credentials {
-            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "dlock"));
-        }
-        let sdk = loader.load().await;
+        let sdk = s.aws.load().await;
         let custom_endpoint = sdk.endpoint_url().is_some();
         let config = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(s.path_style.unwrap_or(custom_endpoint))
@@ -201,11 +189,7 @@ impl S3Backend {
             .unwrap_or_default()
             .to_string();
         let detail = DisplayErrorContext(&e).to_string();
-        let unreachable = match &e {
-            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-            SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
-            _ => false,
-        };
+        let unreachable = super::aws::unreachable(&e);
         let (temporary, message) = match status {
             Some(404) if code == "NoSuchBucket" || doing == CHECK_BUCKET => (
                 false,
@@ -233,11 +217,7 @@ impl S3Backend {
                 true,
                 format!(
                     "cannot reach S3{} while {doing}: {detail}; check the endpoint (AWS_ENDPOINT_URL) and the network",
-                    self.settings
-                        .endpoint
-                        .as_deref()
-                        .map(|e| format!(" at {e}"))
-                        .unwrap_or_default()
+                    self.settings.aws.at()
                 ),
             ),
             None => (
@@ -247,12 +227,7 @@ impl S3Backend {
                 ),
             ),
         };
-        let source = Some(Box::new(e) as crate::BoxError);
-        if temporary {
-            Error::temporary(KIND, message, source)
-        } else {
-            Error::permanent(KIND, message, source)
-        }
+        Error::backend(KIND, temporary, message, Some(Box::new(e)))
     }
 }
 

@@ -1,0 +1,49 @@
+//! What the AWS backends (S3, DynamoDB) share: client settings and how a request that got no
+//! answer is classified.
+
+use aws_smithy_runtime_api::client::result::SdkError;
+
+/// Endpoint, region and credentials; anything unset comes from the standard AWS configuration
+/// (environment, profile, instance role).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AwsSettings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub credentials: Option<(String, String)>,
+}
+
+impl AwsSettings {
+    /// The SDK configuration these settings describe.
+    pub async fn load(&self) -> aws_config::SdkConfig {
+        use aws_credential_types::Credentials;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((id, secret)) = &self.credentials {
+            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "dlock"));
+        }
+        loader.load().await
+    }
+
+    /// ` at ENDPOINT` for messages, when an endpoint was configured.
+    pub fn at(&self) -> String {
+        self.endpoint
+            .as_deref()
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default()
+    }
+}
+
+/// Whether a request failed without an answer from the service (connection refused, timeout):
+/// worth retrying, unlike a configuration error found before sending.
+pub(crate) fn unreachable<E, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+        _ => false,
+    }
+}
