@@ -356,3 +356,38 @@ pub async fn assert_unreachable_is_explained(
         .expect_err("nothing listens");
     assert!(err.to_string().contains(expected), "{err}");
 }
+
+/// DESIGN's rule for ambiguous retries: a conditional write sent again by the same owner (as
+/// an SDK retry of a write that had succeeded would be) comes back refused, and the backend
+/// must read the record back and answer acquired. Another owner is then told it is busy, with
+/// the holder named. Returns the first lease and the holder the second owner saw.
+pub async fn assert_repeated_acquire_is_ours(
+    backend: &dyn dlock_runtime::Backend,
+) -> (dlock_runtime::Lease, dlock_runtime::Holder) {
+    use dlock_runtime::{AcquireOutcome, AcquireRequest, LockName, Owner};
+    let name = LockName::new(fresh_name("retry")).expect("name");
+    let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
+    let AcquireOutcome::Acquired(first) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("a fresh lock was busy");
+    };
+    let AcquireOutcome::Acquired(again) = backend.try_acquire(&request).await.expect("acquire")
+    else {
+        panic!("a refused write on our own record must resolve to acquired");
+    };
+    assert_eq!(
+        (&again.version, again.fencing_token),
+        (&first.version, first.fencing_token)
+    );
+    let other = AcquireRequest::new(name, Owner::generate(), Duration::from_secs(30));
+    let holder = match backend.try_acquire(&other).await.expect("answer") {
+        AcquireOutcome::Busy(holder) => holder,
+        AcquireOutcome::Acquired(_) => panic!("a second owner acquired a held lock"),
+    };
+    assert_eq!(
+        holder.owner, first.owner,
+        "the busy answer names the holder"
+    );
+    backend.release(&first).await.expect("release");
+    (first, holder)
+}

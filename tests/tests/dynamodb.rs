@@ -1,12 +1,10 @@
 //! The DynamoDB backend against moto server on 127.0.0.1, served one request at a time
 //! (started by tests/run-all.sh).
 
-use dlock_runtime::{
-    AcquireOutcome, AcquireRequest, Backend, DynamoDbBackend, Lock, LockName, Owner,
-};
+use dlock_runtime::{DynamoDbBackend, Lock, Owner};
 use dlock_tests::{
-    assert_exclusive_across_processes, assert_takeover_after_lease,
-    assert_unreachable_is_explained, fresh_name, stand_in,
+    assert_exclusive_across_processes, assert_repeated_acquire_is_ours,
+    assert_takeover_after_lease, assert_unreachable_is_explained, stand_in,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -45,32 +43,11 @@ fn a_killed_holders_lock_is_taken_over_after_its_lease() {
 
 #[tokio::test]
 async fn a_refused_write_names_the_holder_and_a_retried_one_is_ours() {
-    let backend = dynamodb();
-    let name = LockName::new(fresh_name("retry")).expect("name");
-    let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
-    let AcquireOutcome::Acquired(first) = backend.try_acquire(&request).await.expect("acquire")
-    else {
-        panic!("free lock");
-    };
-    // The same request again, as an SDK retry would send it: the condition fails, and the
-    // ALL_OLD item it returns is ours.
-    let AcquireOutcome::Acquired(again) = backend.try_acquire(&request).await.expect("acquire")
-    else {
-        panic!("a failed condition on our own item must resolve to acquired");
-    };
+    let (first, holder) = assert_repeated_acquire_is_ours(&dynamodb()).await;
     assert_eq!(
-        (again.version, again.fencing_token),
-        (first.version.clone(), first.fencing_token)
+        holder.fencing_token, first.fencing_token,
+        "ALL_OLD carries the token"
     );
-    let other = AcquireRequest::new(name, Owner::generate(), Duration::from_secs(30));
-    match backend.try_acquire(&other).await.expect("answer") {
-        AcquireOutcome::Busy(holder) => {
-            assert_eq!(holder.owner, first.owner);
-            assert_eq!(holder.fencing_token, first.fencing_token);
-        }
-        AcquireOutcome::Acquired(_) => panic!("acquired a held lock"),
-    }
-    backend.release(&first).await.expect("release");
 }
 
 #[tokio::test]

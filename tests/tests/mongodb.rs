@@ -1,10 +1,10 @@
 //! The MongoDB backend against SecantusDB (MongoDB wire protocol) on 127.0.0.1 (started by
 //! tests/run-all.sh).
 
-use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, Lock, LockName, MongoBackend, Owner};
+use dlock_runtime::{Lock, MongoBackend};
 use dlock_tests::{
-    assert_exclusive_across_processes, assert_takeover_after_lease,
-    assert_unreachable_is_explained, fresh_name, stand_in,
+    assert_exclusive_across_processes, assert_repeated_acquire_is_ours,
+    assert_takeover_after_lease, assert_unreachable_is_explained, stand_in,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -45,30 +45,12 @@ fn a_killed_holders_lock_is_taken_over_after_its_lease() {
 
 #[tokio::test]
 async fn a_lost_race_is_a_duplicate_key_answered_as_busy_and_a_retry_is_ours() {
-    let backend = mongo("races");
-    let name = LockName::new(fresh_name("race")).expect("name");
-    let request = AcquireRequest::new(name.clone(), Owner::generate(), Duration::from_secs(30));
-    let AcquireOutcome::Acquired(first) = backend.try_acquire(&request).await.expect("acquire")
-    else {
-        panic!("free lock");
-    };
-    let AcquireOutcome::Acquired(again) = backend.try_acquire(&request).await.expect("acquire")
-    else {
-        panic!("a duplicate key on our own record must resolve to acquired");
-    };
-    assert_eq!(again.fencing_token, first.fencing_token);
-    let other = AcquireRequest::new(name, Owner::generate(), Duration::from_secs(30));
-    match backend.try_acquire(&other).await.expect("answer") {
-        AcquireOutcome::Busy(holder) => {
-            assert_eq!(holder.owner, first.owner);
-            assert!(
-                holder.acquired_at.is_some(),
-                "the server's time is recorded"
-            );
-        }
-        AcquireOutcome::Acquired(_) => panic!("acquired a held lock"),
-    }
-    backend.release(&first).await.expect("release");
+    let (first, holder) = assert_repeated_acquire_is_ours(&mongo("races")).await;
+    assert!(
+        holder.acquired_at.is_some(),
+        "the server's time is recorded"
+    );
+    assert_eq!(holder.fencing_token, first.fencing_token);
 }
 
 #[tokio::test]

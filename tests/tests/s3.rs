@@ -1,12 +1,11 @@
 //! The S3 backend against moto server on 127.0.0.1 (started by tests/run-all.sh), and on the
 //! wire where moto cannot answer like S3 (409 ConditionalRequestConflict).
 
-use dlock_runtime::{
-    AcquireOutcome, AcquireRequest, Backend, Error, Lock, LockName, Owner, S3Backend,
-};
+use dlock_runtime::{Backend, Error, Lock, LockName, S3Backend};
 use dlock_tests::{
     Recorder, assert_exclusive_across_processes, assert_missing_bucket_is_permanent,
-    assert_takeover_after_lease, assert_unreachable_is_explained, fresh_name, stand_in,
+    assert_repeated_acquire_is_ours, assert_takeover_after_lease, assert_unreachable_is_explained,
+    stand_in,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -46,32 +45,7 @@ fn a_killed_holders_lock_is_taken_over_after_its_lease() {
 
 #[tokio::test]
 async fn a_retried_write_that_had_succeeded_is_recognised_as_ours() {
-    let backend = s3("ambiguous/");
-    let request = AcquireRequest::new(
-        LockName::new(fresh_name("retry")).expect("name"),
-        Owner::generate(),
-        Duration::from_secs(30),
-    );
-    let AcquireOutcome::Acquired(first) = backend.try_acquire(&request).await.expect("acquire")
-    else {
-        panic!("free lock");
-    };
-    // The same write again, as an SDK retry would send it: S3 answers 412, the record is ours.
-    let AcquireOutcome::Acquired(again) = backend.try_acquire(&request).await.expect("acquire")
-    else {
-        panic!("a 412 on our own record must resolve to acquired");
-    };
-    assert_eq!(again.version, first.version);
-    let other = AcquireRequest::new(
-        request.name.clone(),
-        Owner::generate(),
-        Duration::from_secs(30),
-    );
-    assert!(matches!(
-        backend.try_acquire(&other).await.expect("answer"),
-        AcquireOutcome::Busy(_)
-    ));
-    backend.release(&first).await.expect("release");
+    let (_, _) = assert_repeated_acquire_is_ours(&s3("ambiguous/")).await;
 }
 
 #[tokio::test]
