@@ -47,3 +47,31 @@ pub(crate) fn unreachable<E, R>(e: &SdkError<E, R>) -> bool {
         _ => false,
     }
 }
+
+/// The setters every AWS backend's builder has, over its `aws: AwsSettings` field.
+macro_rules! aws_setters {
+    () => {
+        /// A custom endpoint (a local stand-in, ...); also read from `AWS_ENDPOINT_URL`.
+        pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+            self.aws.endpoint = Some(endpoint.into());
+            self
+        }
+
+        /// The region; otherwise from `AWS_REGION` or the profile.
+        pub fn region(mut self, region: impl Into<String>) -> Self {
+            self.aws.region = Some(region.into());
+            self
+        }
+
+        /// Static credentials; otherwise the standard AWS credential chain.
+        pub fn credentials(
+            mut self,
+            access_key_id: impl Into<String>,
+            secret_access_key: impl Into<String>,
+        ) -> Self {
+            self.aws.credentials = Some((access_key_id.into(), secret_access_key.into()));
+            self
+        }
+    };
+}
+pub(crate) use aws_setters;

@@ -107,27 +107,7 @@ impl DynamoDbBuilder {
         self
     }
 
-    /// A custom endpoint (DynamoDB Local, a stand-in); also read from `AWS_ENDPOINT_URL`.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.aws.endpoint = Some(endpoint.into());
-        self
-    }
-
-    /// The region; otherwise from `AWS_REGION` or the profile.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.aws.region = Some(region.into());
-        self
-    }
-
-    /// Static credentials; otherwise the standard AWS credential chain.
-    pub fn credentials(
-        mut self,
-        access_key_id: impl Into<String>,
-        secret_access_key: impl Into<String>,
-    ) -> Self {
-        self.aws.credentials = Some((access_key_id.into(), secret_access_key.into()));
-        self
-    }
+    super::aws::aws_setters!();
 
     /// Checks the settings.
     pub fn build(self) -> Result<DynamoDbBackend, Error> {

@@ -252,11 +252,7 @@ impl ConditionalStore for GcsBackend {
     }
 
     async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
-        // Object stores do a takeover and a renewal alike: a write if the version matches.
-        let expected = match condition {
-            Condition::Free => None,
-            Condition::Replace(version) | Condition::Renew(version) => Some(version),
-        };
+        let expected = condition.expected();
         let client = self.client().await?;
         let request = UploadObjectRequest {
             bucket: self.settings.bucket.clone(),

@@ -186,6 +186,18 @@ pub(crate) enum Condition<'a> {
     Renew(&'a Version),
 }
 
+#[cfg(any(feature = "s3", feature = "gcs"))]
+impl Condition<'_> {
+    /// The version the record must have: none for a free lock. Object stores write a takeover
+    /// and a renewal alike, as a write if the version matches.
+    pub(crate) fn expected(&self) -> Option<&Version> {
+        match self {
+            Condition::Free => None,
+            Condition::Replace(version) | Condition::Renew(version) => Some(version),
+        }
+    }
+}
+
 /// The answer to a conditional write.
 #[derive(Debug)]
 pub(crate) enum Write {

@@ -83,27 +83,7 @@ impl S3Builder {
         self
     }
 
-    /// A custom endpoint (a local stand-in, MinIO, ...); also read from `AWS_ENDPOINT_URL`.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.aws.endpoint = Some(endpoint.into());
-        self
-    }
-
-    /// The region; otherwise from `AWS_REGION` or the profile.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.aws.region = Some(region.into());
-        self
-    }
-
-    /// Static credentials; otherwise the standard AWS credential chain.
-    pub fn credentials(
-        mut self,
-        access_key_id: impl Into<String>,
-        secret_access_key: impl Into<String>,
-    ) -> Self {
-        self.aws.credentials = Some((access_key_id.into(), secret_access_key.into()));
-        self
-    }
+    super::aws::aws_setters!();
 
     /// Path-style addressing (`endpoint/bucket/key`); on by default with a custom endpoint.
     pub fn path_style(mut self, path_style: bool) -> Self {
@@ -247,11 +227,7 @@ impl ConditionalStore for S3Backend {
     }
 
     async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
-        // Object stores do a takeover and a renewal alike: a write if the version matches.
-        let expected = match condition {
-            Condition::Free => None,
-            Condition::Replace(version) | Condition::Renew(version) => Some(version),
-        };
+        let expected = condition.expected();
         let client = self.client().await?;
         let mut put = client
             .put_object()
