@@ -68,7 +68,8 @@ impl fmt::Display for Owner {
     }
 }
 
-fn random_id() -> String {
+/// 128 random bits, hex-encoded: owner ids, record nonces.
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         // No OS randomness: fall back to a seeded generator; still unique per process and call.
@@ -155,6 +156,19 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The lease a holder record describes (for a record that turned out to be this caller's
+    /// own, such as a write whose answer was lost); `ttl` stands in where the record has none.
+    pub(crate) fn from_holder(name: LockName, holder: Holder, ttl: Duration) -> Self {
+        Lease {
+            name,
+            ttl: holder.ttl.unwrap_or(ttl),
+            acquired_at: holder.acquired_at.unwrap_or_else(SystemTime::now),
+            owner: holder.owner,
+            version: holder.version,
+            fencing_token: holder.fencing_token,
+        }
+    }
+
     /// The holder this lease shows to other clients.
     pub fn holder(&self) -> Holder {
         Holder {
@@ -211,18 +225,39 @@ pub enum AcquireOutcome {
 }
 
 /// What a backend can do; the runtime and the conformance suite adapt to it.
+///
+/// ```
+/// use dlock_runtime::{Backend, Capabilities, MemoryBackend};
+///
+/// let caps = MemoryBackend::new().capabilities();
+/// assert!(caps.leases && caps.fencing_tokens && caps.notified_waiting && caps.local_calls);
+/// assert_eq!(Capabilities::default(), Capabilities {
+///     leases: false,
+///     fencing_tokens: false,
+///     poll_with_reads: false,
+///     notified_waiting: false,
+///     local_calls: false,
+/// });
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// Lock records outlive a dead holder: the runtime renews them while the body runs and
-    /// takes a stale one over by the record-version rule.
+    /// takes a stale one over by the record-version rule. Without leases the lock lives
+    /// exactly as long as its holder (an OS lock such as `flock`).
     pub leases: bool,
-    /// The lock is freed as soon as the holding process exits (an OS lock such as `flock`).
-    pub freed_on_exit: bool,
     /// Leases carry fencing tokens that increase strictly per lock name.
     pub fencing_tokens: bool,
     /// Writes are rate-limited: waiters poll with [`Backend::inspect`] and write only when the
     /// lock looks free or stale.
     pub poll_with_reads: bool,
+    /// [`Backend::wait_for_change`] completes when the lock may have changed (the kernel, a
+    /// server-side notification, a watch): waiters block on it instead of polling.
+    pub notified_waiting: bool,
+    /// Calls finish without network I/O (a map, a system call): the runtime makes them on the
+    /// caller's thread. Otherwise (the default) it makes them on its own background runtime,
+    /// each bounded by a deadline, so a caller that is cancelled or starved cannot leave a
+    /// write half-done or a connection stalled.
+    pub local_calls: bool,
 }
 
 /// A lock store. Object-safe: the registry keeps `Arc<dyn Backend>`.
@@ -270,8 +305,35 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// (then nothing is changed).
     async fn release(&self, lease: &Lease) -> Result<(), Error>;
 
-    /// The current holder, if any.
+    /// The current holder, if any. Never changes the lock, and never makes a concurrent
+    /// acquirer see it busy.
     async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error>;
+
+    /// Every held lock whose name starts with `prefix`, sorted by name. Like
+    /// [`inspect`](Backend::inspect), it never changes a lock; it is for operators (status
+    /// pages, the `dlock list` command), and may cost a request per lock.
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error>;
+
+    /// Frees the lock `name` for an operator, only if its record still has `version` (as
+    /// [`inspect`](Backend::inspect) showed it), so a newer holder's lock is never freed:
+    /// [`Error::Changed`] otherwise, and `Ok` if it is free already.
+    async fn force_release(&self, name: &LockName, version: &Version) -> Result<(), Error>;
+
+    /// Completes when the record of `name` may no longer have the version `seen`, which a
+    /// request sent at `since` returned. Backends that claim
+    /// [`Capabilities::notified_waiting`] implement it by subscribing first and then checking,
+    /// so a change that happened after `since` is never missed; they may complete spuriously.
+    /// The runtime bounds every wait (by the acquire deadline and the holder's lease), so the
+    /// default, for backends without notifications, never completes.
+    async fn wait_for_change(
+        &self,
+        name: &LockName,
+        seen: &Version,
+        since: std::time::Instant,
+    ) -> Result<(), Error> {
+        let _ = (name, seen, since);
+        std::future::pending().await
+    }
 
     /// Frees the lock without waiting on I/O, for guards dropped outside async code. Backends
     /// whose release is a local syscall or a map removal return `Some`; the default `None`
@@ -286,8 +348,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
         let _ = holder;
         format!(
             "If its holder is gone, the lock is taken over once its record has stayed unchanged \
-             for a whole lease (ttl); to free `{name}` sooner, delete its record in the {} backend",
-            self.kind()
+             for a whole lease (ttl); to free `{name}` sooner, run `dlock release --force {name} \
+             --if-version VERSION` with the version `dlock status` shows",
         )
     }
 }

@@ -49,16 +49,19 @@ extern crate self as dlock_runtime;
 
 mod backend;
 mod backends;
+mod background;
 mod backoff;
-mod blocking;
+mod calls;
 mod error;
 mod guard;
+mod local;
 mod lock;
 mod name;
 mod outcome;
 mod registry;
+mod time;
 
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
 #[doc(hidden)]
@@ -81,12 +84,14 @@ pub use backends::mongodb::{MongoBackend, MongoBuilder};
 #[cfg(feature = "s3")]
 pub use backends::s3::{S3Backend, S3Builder};
 pub use backoff::{Backoff, Delays};
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, ErrorKind, Operation};
 pub use guard::{LockGuard, LockHandle, current};
 pub use lock::Lock;
 pub use name::{LockName, MAX_NAME_LEN};
 pub use outcome::LockOutcome;
-pub use registry::{AlreadyInstalled, DEFAULT_TTL, Registry, RegistryBuilder};
+pub use registry::{
+    AlreadyInstalled, DEFAULT_CALL_TIMEOUT, DEFAULT_TTL, Registry, RegistryBuilder,
+};
 
 /// Runs the function body while holding a distributed lock.
 ///

@@ -1,11 +1,17 @@
-//! Taking a lock: the one acquire loop every backend shares.
+//! Taking a lock: the local queue, then the one acquire loop every backend shares.
 
-use crate::backend::{AcquireOutcome, AcquireRequest, Backend, Holder, Owner, Version};
+use crate::backend::{AcquireOutcome, AcquireRequest, Backend, Holder, Lease, Owner, Version};
+use crate::background::Background;
+use crate::calls::Caller;
+use crate::error::Operation;
 use crate::guard::LockGuard;
-use crate::registry::{DEFAULT_TTL, Defaults, Registry};
+use crate::local;
+use crate::registry::{DEFAULT_CALL_TIMEOUT, DEFAULT_TTL, Defaults, Registry};
+use crate::time::after;
 use crate::{Backoff, Error, LockName};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// A lock to take from code, without the attribute. The attribute expands to the same calls.
@@ -42,6 +48,8 @@ pub struct Lock {
     ttl: Option<Duration>,
     min_hold: Option<Duration>,
     backoff: Option<Backoff>,
+    call_timeout: Option<Duration>,
+    background: Background,
 }
 
 /// A lock's options after defaults were applied.
@@ -52,7 +60,17 @@ pub(crate) struct Settings {
     pub ttl: Duration,
     pub min_hold: Duration,
     pub backoff: Backoff,
+    pub call_timeout: Duration,
+    pub background: Background,
 }
+
+/// The shortest time an attempt may take when the acquire deadline is close: the last attempt
+/// before the timeout still gets a fair chance to be answered.
+const ATTEMPT_FLOOR: Duration = Duration::from_secs(1);
+
+/// How long a waiter blocked on a backend's notifications goes without looking at the lock
+/// itself, in case a notification was lost.
+const NOTIFIED_RECHECK: Duration = Duration::from_secs(10);
 
 impl Lock {
     /// A lock called `name` (validated when acquired).
@@ -64,6 +82,8 @@ impl Lock {
             ttl: None,
             min_hold: None,
             backoff: None,
+            call_timeout: None,
+            background: Background::default(),
         }
     }
 
@@ -73,10 +93,16 @@ impl Lock {
         self
     }
 
-    /// How long to wait for the lock; zero makes one attempt.
+    /// How long to wait for the lock; zero makes one attempt, and [`Duration::MAX`] (or
+    /// [`wait_forever`](Lock::wait_forever)) waits without limit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Waits for the lock without limit (`timeout = "forever"` in the attribute).
+    pub fn wait_forever(self) -> Self {
+        self.timeout(Duration::MAX)
     }
 
     /// The lease: how long the lock outlives a holder that died. Renewed in the background
@@ -98,17 +124,62 @@ impl Lock {
         self
     }
 
+    /// The longest one backend call may take before it is abandoned (and, for a write,
+    /// resolved by reading the record back); a release keeps retrying for this long. Default:
+    /// the registry's, or 10 s.
+    pub fn call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = Some(call_timeout);
+        self
+    }
+
+    /// Runs renewals and remote calls on `handle` instead of dlock's own runtime. For tests on
+    /// tokio's paused clock only: a runtime that a locked body can block would starve the
+    /// renewals.
+    #[doc(hidden)]
+    pub fn background_runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.background = Background::on(handle);
+        self
+    }
+
     /// Takes the lock from the current registry's backend.
     pub async fn acquire(self) -> Result<LockGuard, Error> {
         let (backend, settings) = self.resolve()?;
-        acquire_loop(backend, settings).await
+        acquire(backend, settings, false).await
+    }
+
+    /// One attempt, for "skip if busy": `Ok(None)` when someone else holds the lock, whatever
+    /// `timeout` says.
+    ///
+    /// ```
+    /// use dlock_runtime::{Lock, MemoryBackend, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock_runtime::Error> {
+    /// let registry = Registry::builder().backend("memory", MemoryBackend::new()).build()?;
+    /// registry
+    ///     .scope(async {
+    ///         let first = Lock::new("nightly").try_acquire().await?.expect("free");
+    ///         assert!(Lock::new("nightly").try_acquire().await?.is_none(), "busy: skip");
+    ///         first.release().await
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn try_acquire(self) -> Result<Option<LockGuard>, Error> {
+        skip_if_busy(self.timeout(Duration::ZERO).acquire().await)
     }
 
     /// Takes the lock from synchronous code, inside or outside a tokio runtime: the attempts
     /// run on dlock's background runtime while this thread waits.
     pub fn acquire_blocking(self) -> Result<LockGuard, Error> {
         let (backend, settings) = self.resolve()?;
-        crate::blocking::block_on(acquire_loop(backend, settings))?
+        local::check_blocking_wait(&backend, &settings.name, settings.timeout)?;
+        crate::background::block_on(acquire(backend, settings, true))?
+    }
+
+    /// [`try_acquire`](Lock::try_acquire) for synchronous code.
+    pub fn try_acquire_blocking(self) -> Result<Option<LockGuard>, Error> {
+        skip_if_busy(self.timeout(Duration::ZERO).acquire_blocking())
     }
 
     /// Takes the lock from `backend`, bypassing the registry (the conformance suite uses this).
@@ -117,9 +188,10 @@ impl Lock {
             timeout: Duration::ZERO,
             ttl: DEFAULT_TTL,
             backoff: Backoff::default(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         };
         let settings = self.settings(&defaults)?;
-        acquire_loop(backend, settings).await
+        acquire(backend, settings, false).await
     }
 
     fn resolve(self) -> Result<(Arc<dyn Backend>, Settings), Error> {
@@ -130,19 +202,62 @@ impl Lock {
 
     fn settings(self, defaults: &Defaults) -> Result<Settings, Error> {
         let ttl = self.ttl.unwrap_or(defaults.ttl);
-        if ttl.is_zero() {
-            return Err(Error::Config {
-                message: format!("lock `{}`: ttl must be greater than zero", self.name),
-            });
+        let name = LockName::new(self.name)?;
+        let config = |message: String| Error::Config { message };
+        if ttl < Duration::from_millis(3) {
+            return Err(config(format!(
+                "lock `{name}`: ttl must be at least 3ms (it is renewed every third of it)"
+            )));
+        }
+        let call_timeout = self.call_timeout.unwrap_or(defaults.call_timeout);
+        if call_timeout.is_zero() {
+            return Err(config(format!(
+                "lock `{name}`: the call timeout must be greater than zero"
+            )));
         }
         Ok(Settings {
-            name: LockName::new(self.name)?,
+            name,
             timeout: self.timeout.unwrap_or(defaults.timeout),
             ttl,
             min_hold: self.min_hold.unwrap_or_default(),
             backoff: self.backoff.unwrap_or_else(|| defaults.backoff.clone()),
+            call_timeout,
+            background: self.background,
         })
     }
+}
+
+fn skip_if_busy(result: Result<LockGuard, Error>) -> Result<Option<LockGuard>, Error> {
+    match result {
+        Ok(guard) => Ok(Some(guard)),
+        Err(Error::Busy { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes a lock: first this process's queue for the name (first come, first served; only its
+/// head talks to the backend), then the backend.
+pub(crate) async fn acquire(
+    backend: Arc<dyn Backend>,
+    s: Settings,
+    blocking: bool,
+) -> Result<LockGuard, Error> {
+    let caller = Caller::new(backend, s.background.clone(), s.call_timeout);
+    if crate::guard::held_by_caller(caller.id(), &s.name) {
+        return Err(Error::Reentrant {
+            name: s.name.to_string(),
+        });
+    }
+    let start = Instant::now();
+    let deadline = after(start, s.timeout);
+    let entry = local::entry(caller.id(), &s.name);
+    let permit = entry
+        .enter(deadline, blocking)
+        .await
+        .map_err(|holder| give_up(&*caller.backend, &s, holder, None, start.elapsed()))?;
+    let (lease, lease_start) = acquire_loop(&caller, &s, start, deadline).await?;
+    permit.holds(lease.holder());
+    LockGuard::start(caller, lease, lease_start, &s, permit).await
 }
 
 /// A holder version being watched: if it stays the same for the holder's whole lease on our
@@ -155,18 +270,173 @@ struct Watch {
 
 impl Watch {
     fn stale_at(&self) -> Instant {
-        self.since + self.lease
+        after(self.since, self.lease)
     }
 }
 
-pub(crate) async fn acquire_loop(
-    backend: Arc<dyn Backend>,
-    s: Settings,
-) -> Result<LockGuard, Error> {
-    let start = Instant::now();
-    let deadline = start + s.timeout;
+/// The attempts of one acquisition, and what must be cleaned up if it ends without the lock:
+/// a write whose answer never came may have landed, and a cancelled call may still be running.
+struct Attempts<'a> {
+    caller: &'a Caller,
+    name: LockName,
+    owner: Owner,
+    ttl: Duration,
+    /// When the first write whose outcome is unknown was sent: if the record turns out to be
+    /// ours, its lease may have started then.
+    uncertain_since: Option<Instant>,
+    /// A remote write still running (the caller stopped waiting for it).
+    in_flight: Option<JoinHandle<Result<AcquireOutcome, Error>>>,
+    done: bool,
+}
+
+impl Attempts<'_> {
+    /// When the lease of a record of ours began at the latest, on this machine's clock.
+    fn lease_start(&self, sent: Instant) -> Instant {
+        self.uncertain_since.map_or(sent, |u| u.min(sent))
+    }
+
+    /// One conditional write, bounded by `deadline`.
+    async fn write(
+        &mut self,
+        request: AcquireRequest,
+        sent: Instant,
+        deadline: Instant,
+    ) -> Result<AcquireOutcome, Error> {
+        let name = self.name.clone();
+        let result = if self.caller.is_local() {
+            let call = |b: Arc<dyn Backend>| async move { b.try_acquire(&request).await };
+            self.caller
+                .call(Operation::Acquire, &name, deadline, call)
+                .await
+        } else {
+            let task = self
+                .caller
+                .start(|b: Arc<dyn Backend>| async move { b.try_acquire(&request).await })?;
+            let task = self.in_flight.insert(task);
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(joined) => {
+                    self.in_flight = None;
+                    crate::background::joined(joined)
+                        .and_then(|r| r)
+                        .map_err(|e| e.during(Operation::Acquire, &name))
+                }
+                Err(_) => {
+                    if let Some(task) = self.in_flight.take() {
+                        task.abort();
+                    }
+                    Err(
+                        crate::calls::no_answer(&*self.caller.backend, sent.elapsed())
+                            .during(Operation::Acquire, &name),
+                    )
+                }
+            }
+        };
+        if let Err(e) = &result {
+            // No answer, or an error after the request may have reached the store: the write
+            // may have landed. (A permanent error found before sending is harmless to count.)
+            tracing::debug!(lock = %self.name, error = %e, "the outcome of a write is unknown");
+            self.uncertain_since.get_or_insert(sent);
+        }
+        result
+    }
+
+    /// One read of the holder, bounded by `deadline`.
+    async fn read(&self, deadline: Instant) -> Result<Option<Holder>, Error> {
+        let name = self.name.clone();
+        let call = move |b: Arc<dyn Backend>| async move { b.inspect(&name).await };
+        self.caller
+            .call(Operation::Inspect, &self.name, deadline, call)
+            .await
+    }
+}
+
+impl Drop for Attempts<'_> {
+    fn drop(&mut self) {
+        if self.done || (self.uncertain_since.is_none() && self.in_flight.is_none()) {
+            return;
+        }
+        let cleanup = cleanup(
+            self.caller.clone(),
+            self.name.clone(),
+            self.owner.clone(),
+            self.ttl,
+            self.in_flight.take(),
+        );
+        if let Err(e) = self.caller.background.spawn(cleanup) {
+            tracing::error!(lock = %self.name, error = %e, "cannot clean up after an interrupted acquisition; a record of it may stay until its lease runs out");
+        }
+    }
+}
+
+/// After an acquisition ended without the lock (cancelled, given up, failed) while one of its
+/// writes may have landed: wait for a write still running, then free any record that is ours.
+async fn cleanup(
+    caller: Caller,
+    name: LockName,
+    owner: Owner,
+    ttl: Duration,
+    in_flight: Option<JoinHandle<Result<AcquireOutcome, Error>>>,
+) {
+    let lease = match in_flight {
+        Some(task) => match task.await {
+            Ok(Ok(AcquireOutcome::Acquired(lease))) => Some(lease),
+            _ => None,
+        },
+        None => None,
+    };
+    let lease = match lease {
+        Some(lease) => Some(lease),
+        None => {
+            let deadline = caller.deadline(Instant::now() + caller.call_timeout);
+            let target = name.clone();
+            let read = caller.call(Operation::Inspect, &name, deadline, move |b| async move {
+                b.inspect(&target).await
+            });
+            match read.await {
+                Ok(Some(h)) if h.owner.id == owner.id => {
+                    Some(Lease::from_holder(name.clone(), h, ttl))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(lock = %name, error = %e, "could not check for a record left by an interrupted acquisition; if one landed, it is taken over after its lease");
+                    None
+                }
+            }
+        }
+    };
+    if let Some(lease) = lease {
+        let result = crate::guard::release_with_retries(&caller, &lease).await;
+        match result {
+            Ok(()) => {
+                tracing::info!(lock = %name, "freed the record of an interrupted acquisition")
+            }
+            Err(e) => {
+                tracing::warn!(lock = %name, error = %e, "could not free the record of an interrupted acquisition; it is taken over after its lease")
+            }
+        }
+    }
+}
+
+/// Waits for the lock at the backend until `deadline`; returns the lease and when it began at
+/// the latest on this machine's clock.
+async fn acquire_loop(
+    caller: &Caller,
+    s: &Settings,
+    start: Instant,
+    deadline: Instant,
+) -> Result<(Lease, Instant), Error> {
+    let backend = &*caller.backend;
     let caps = backend.capabilities();
     let owner = Owner::generate();
+    let mut attempts = Attempts {
+        caller,
+        name: s.name.clone(),
+        owner: owner.clone(),
+        ttl: s.ttl,
+        uncertain_since: None,
+        in_flight: None,
+        done: false,
+    };
     let mut delays = s.backoff.delays();
     let mut watch: Option<Watch> = None;
     let mut replace: Option<Version> = None;
@@ -176,12 +446,17 @@ pub(crate) async fn acquire_loop(
     let mut announced = false;
 
     loop {
+        let sent = Instant::now();
+        let call_deadline = if s.timeout.is_zero() {
+            caller.deadline(after(sent, s.call_timeout))
+        } else {
+            caller.deadline(deadline.max(after(sent, ATTEMPT_FLOOR)))
+        };
         let answer = if write {
             let mut request = AcquireRequest::new(s.name.clone(), owner.clone(), s.ttl);
             request.replace = replace.take();
             let takeover = request.replace.clone();
-            let sent = Instant::now();
-            match backend.try_acquire(&request).await {
+            match attempts.write(request, sent, call_deadline).await {
                 Ok(AcquireOutcome::Acquired(lease)) => {
                     if let Some(version) = takeover {
                         tracing::warn!(lock = %s.name, stale_version = %version, new_owner = %lease.owner.id,
@@ -190,16 +465,25 @@ pub(crate) async fn acquire_loop(
                     if announced {
                         tracing::info!(lock = %s.name, waited = ?start.elapsed(), "acquired lock after waiting");
                     }
-                    return Ok(LockGuard::start(backend, lease, sent, s.min_hold));
+                    attempts.done = true;
+                    return Ok((lease, attempts.lease_start(sent)));
                 }
                 Ok(AcquireOutcome::Busy(h)) => Ok(Some(h)),
                 Err(e) => Err(e),
             }
         } else {
-            backend.inspect(&s.name).await
+            attempts.read(call_deadline).await
         };
 
         match answer {
+            Ok(Some(h)) if h.owner.id == owner.id => {
+                // A write of ours whose answer was lost had landed: the lock is ours, and its
+                // lease may have begun when that write was sent.
+                tracing::info!(lock = %s.name, "a write whose answer was lost had taken the lock");
+                attempts.done = true;
+                let lease = Lease::from_holder(s.name.clone(), h, s.ttl);
+                return Ok((lease, attempts.lease_start(sent)));
+            }
             // A read saw the lock free: write at once.
             Ok(None) => {
                 write = true;
@@ -243,14 +527,33 @@ pub(crate) async fn acquire_loop(
 
         let now = Instant::now();
         if now >= deadline {
-            return Err(give_up(&*backend, &s, holder, last_error, now - start));
+            return Err(give_up(backend, s, holder, last_error, now - start));
         }
-        let mut delay = delays.next().unwrap_or(s.backoff.max());
+        let notified = caps.notified_waiting && holder.is_some() && last_error.is_none();
+        // A notified waiter sleeps until the backend says the lock changed; it still looks
+        // now and then, in case a notification is lost. Others poll with backoff.
+        let step = if notified {
+            NOTIFIED_RECHECK
+        } else {
+            delays.next().unwrap_or(s.backoff.max())
+        };
+        let mut wake = after(now, step);
         if let Some(w) = &watch {
-            // Wake when the watched version would turn stale, not a backoff step later.
-            delay = delay.min(w.stale_at().saturating_duration_since(now));
+            // Wake when the watched version would turn stale, not a step later.
+            wake = wake.min(w.stale_at());
         }
-        tokio::time::sleep(delay.min(deadline - now)).await;
+        wake = wake.min(deadline);
+        match &holder {
+            Some(h) if notified => {
+                let since = sent.into_std();
+                let wait = caller.wait_for_change(&s.name, &h.version, since, wake);
+                if let Err(e) = wait.await {
+                    tracing::debug!(lock = %s.name, error = %e, "waiting for a change failed; polling");
+                    tokio::time::sleep_until(wake).await;
+                }
+            }
+            _ => tokio::time::sleep_until(wake).await,
+        }
         write = !caps.poll_with_reads;
     }
 }
@@ -281,259 +584,5 @@ fn give_up(
 }
 
 #[cfg(test)]
-mod tests {
-    //! The acquire loop and renewal on tokio's paused clock: timings are exact, not sampled.
-
-    use super::*;
-    use crate::backend::{AcquireOutcome, Capabilities, Lease};
-    use crate::{MemoryBackend, Owner};
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// The memory backend with call counters, optional read-polling, and scripted failures.
-    #[derive(Debug, Default)]
-    struct Scripted {
-        inner: MemoryBackend,
-        poll_with_reads: bool,
-        writes: AtomicUsize,
-        reads: AtomicUsize,
-        renewals: AtomicUsize,
-        acquire_errors: Mutex<VecDeque<Error>>,
-        renew_fails: bool,
-    }
-
-    fn temporary() -> Error {
-        Error::temporary("scripted", "503 slow down", None)
-    }
-
-    #[async_trait::async_trait]
-    impl Backend for Scripted {
-        fn kind(&self) -> &'static str {
-            "scripted"
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                poll_with_reads: self.poll_with_reads,
-                ..self.inner.capabilities()
-            }
-        }
-        async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            let scripted = self.acquire_errors.lock().expect("script").pop_front();
-            match scripted {
-                Some(e) => Err(e),
-                None => self.inner.try_acquire(request).await,
-            }
-        }
-        async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
-            self.renewals.fetch_add(1, Ordering::SeqCst);
-            if self.renew_fails {
-                return Err(temporary());
-            }
-            self.inner.renew(lease, ttl).await
-        }
-        async fn release(&self, lease: &Lease) -> Result<(), Error> {
-            self.inner.release(lease).await
-        }
-        async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            self.inner.inspect(name).await
-        }
-    }
-
-    fn name() -> LockName {
-        LockName::new("paused").expect("name")
-    }
-
-    /// Holds `paused` as another owner that never renews, as a dead process would.
-    async fn dead_holder(backend: &Scripted, ttl: Duration) -> Lease {
-        let request = AcquireRequest::new(name(), Owner::generate(), ttl);
-        match backend.inner.try_acquire(&request).await.expect("acquire") {
-            AcquireOutcome::Acquired(lease) => lease,
-            AcquireOutcome::Busy(_) => panic!("fresh backend"),
-        }
-    }
-
-    fn lock() -> Lock {
-        Lock::new("paused").backoff(Backoff::default().with_seed(42))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn takeover_happens_one_ttl_after_the_version_was_first_seen() {
-        let backend = Arc::new(Scripted::default());
-        dead_holder(&backend, Duration::from_secs(10)).await;
-        let start = Instant::now();
-        let guard = lock()
-            .timeout(Duration::from_secs(60))
-            .acquire_on(backend.clone())
-            .await
-            .expect("takeover");
-        let waited = start.elapsed();
-        assert!(waited >= Duration::from_secs(10), "{waited:?}");
-        assert!(
-            waited < Duration::from_secs(10) + Duration::from_millis(5),
-            "woke at the stale time: {waited:?}"
-        );
-        assert_eq!(guard.fencing_token(), Some(2));
-        guard.release().await.expect("release");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_renewed_record_is_never_taken_over() {
-        let backend = Arc::new(Scripted::default());
-        let holder = lock()
-            .ttl(Duration::from_secs(3))
-            .acquire_on(backend.clone())
-            .await
-            .expect("acquire");
-        let err = lock()
-            .timeout(Duration::from_secs(30))
-            .acquire_on(backend.clone())
-            .await
-            .expect_err("the holder renews");
-        assert!(matches!(err, Error::Timeout { .. }), "{err}");
-        let renewals = backend.renewals.load(Ordering::SeqCst);
-        assert!(
-            (29..=30).contains(&renewals),
-            "renewed every ttl/3 (1 s) for 30 s: {renewals}"
-        );
-        assert!(!holder.is_lost());
-        holder.release().await.expect("release");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn timeout_is_exact_on_the_monotonic_clock() {
-        let backend = Arc::new(Scripted::default());
-        let _held = dead_holder(&backend, Duration::from_secs(3600)).await;
-        let start = Instant::now();
-        let err = lock()
-            .timeout(Duration::from_secs(5))
-            .acquire_on(backend.clone())
-            .await
-            .expect_err("held");
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
-        assert!(matches!(err, Error::Timeout { .. }), "{err}");
-        let writes = backend.writes.load(Ordering::SeqCst);
-        assert!(
-            (8..=16).contains(&writes),
-            "capped backoff, not a busy loop: {writes} writes in 5 s"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limited_stores_are_polled_with_reads() {
-        let backend = Arc::new(Scripted {
-            poll_with_reads: true,
-            ..Scripted::default()
-        });
-        let held = dead_holder(&backend, Duration::from_secs(3600)).await;
-        let releaser = {
-            let backend = backend.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(4)).await;
-                backend.release(&held).await
-            })
-        };
-        let guard = lock()
-            .timeout(Duration::from_secs(10))
-            .acquire_on(backend.clone())
-            .await
-            .expect("acquired after the release");
-        releaser.await.expect("join").expect("release");
-        assert_eq!(
-            backend.writes.load(Ordering::SeqCst),
-            2,
-            "one write to try, one when the read saw it free"
-        );
-        assert!(
-            backend.reads.load(Ordering::SeqCst) >= 4,
-            "waited with reads"
-        );
-        guard.release().await.expect("release");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn temporary_errors_are_retried_and_permanent_ones_are_not() {
-        let backend = Arc::new(Scripted::default());
-        backend.acquire_errors.lock().expect("script").extend([
-            temporary(),
-            temporary(),
-            temporary(),
-        ]);
-        let guard = lock()
-            .timeout(Duration::from_secs(10))
-            .acquire_on(backend.clone())
-            .await
-            .expect("succeeds after three 503s");
-        assert_eq!(backend.writes.load(Ordering::SeqCst), 4);
-        guard.release().await.expect("release");
-
-        let permanent = Error::permanent("scripted", "403 access denied", None);
-        backend
-            .acquire_errors
-            .lock()
-            .expect("script")
-            .push_back(permanent);
-        let start = Instant::now();
-        let err = lock()
-            .timeout(Duration::from_secs(10))
-            .acquire_on(backend.clone())
-            .await
-            .expect_err("403");
-        assert_eq!(
-            start.elapsed(),
-            Duration::ZERO,
-            "no retry of a permanent error"
-        );
-        assert!(err.to_string().contains("403"), "{err}");
-
-        backend
-            .acquire_errors
-            .lock()
-            .expect("script")
-            .extend((0..100).map(|_| temporary()));
-        let err = lock()
-            .timeout(Duration::from_secs(2))
-            .acquire_on(backend.clone())
-            .await
-            .expect_err("503s");
-        assert!(
-            err.is_temporary(),
-            "the last backend error is reported, not a timeout: {err}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lease_that_cannot_be_renewed_is_marked_lost_when_it_runs_out() {
-        let backend = Arc::new(Scripted {
-            renew_fails: true,
-            ..Scripted::default()
-        });
-        let start = Instant::now();
-        let guard = lock()
-            .ttl(Duration::from_secs(9))
-            .acquire_on(backend.clone())
-            .await
-            .expect("acquire");
-        let handle = guard.handle();
-        handle.lost().await;
-        let at = start.elapsed();
-        assert!(
-            at >= Duration::from_secs(9) - Duration::from_millis(1),
-            "not before the lease ran out: {at:?}"
-        );
-        assert!(
-            at <= Duration::from_secs(9),
-            "lost exactly when the lease ran out: {at:?}"
-        );
-        assert!(
-            backend.renewals.load(Ordering::SeqCst) > 3,
-            "kept retrying until then"
-        );
-        assert!(matches!(
-            handle.until_lost(std::future::pending::<()>()).await,
-            Err(Error::Lost { .. })
-        ));
-    }
-}
+#[path = "lock_tests.rs"]
+mod tests;

@@ -69,14 +69,7 @@ impl LockName {
     /// ```
     pub fn encoded(&self, max: usize) -> String {
         let max = max.max(40);
-        let mut out = String::with_capacity(self.0.len());
-        for (i, b) in self.0.bytes().enumerate() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(b as char),
-                b'.' if i > 0 => out.push('.'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
+        let mut out = Self::encode_prefix(&self.0);
         if out.len() > max {
             let mut cut = max - 33;
             // Never split a %XX escape.
@@ -92,6 +85,65 @@ impl LockName {
             ));
         }
         out
+    }
+
+    /// The encoding of [`encoded`](LockName::encoded) without the length limit, for any text:
+    /// the encoding of a name starts with the encoding of each of its prefixes (unless the
+    /// name was shortened with a hash past that prefix).
+    ///
+    /// ```
+    /// use dlock_runtime::LockName;
+    /// assert_eq!(LockName::encode_prefix("deploy/"), "deploy%2F");
+    /// assert!(LockName::new("deploy/prod")?.encoded(200).starts_with("deploy%2F"));
+    /// # Ok::<(), dlock_runtime::Error>(())
+    /// ```
+    pub fn encode_prefix(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for (i, b) in text.bytes().enumerate() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(b as char),
+                b'.' if i > 0 => out.push('.'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    /// The name an [`encoded`](LockName::encoded) form stands for, unless it was shortened
+    /// with a hash (then `None`: read the name from the lock's record instead).
+    ///
+    /// ```
+    /// use dlock_runtime::LockName;
+    /// let name = LockName::new("../etc/passwd")?;
+    /// assert_eq!(LockName::decode(&name.encoded(200)), Some(name));
+    /// assert_eq!(LockName::decode(&LockName::new("x".repeat(300))?.encoded(100)), None);
+    /// # Ok::<(), dlock_runtime::Error>(())
+    /// ```
+    pub fn decode(encoded: &str) -> Option<LockName> {
+        if encoded.contains('~') {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(encoded.len());
+        let mut rest = encoded.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if b == b'%' {
+                let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &tail[2..];
+            } else {
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+        LockName::new(String::from_utf8(bytes).ok()?).ok()
+    }
+}
+
+impl std::str::FromStr for LockName {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self, Error> {
+        LockName::new(name)
     }
 }
 

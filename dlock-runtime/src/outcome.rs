@@ -6,8 +6,13 @@ use crate::Error;
 /// return type. The attribute requires it of the return type:
 ///
 /// - `Result<T, E>` with `E: From<dlock_runtime::Error>` returns `Err`;
-/// - `Option<T>` returns `None` (and logs at debug level);
-/// - `()` skips the body (and logs a warning).
+/// - `Option<T>` returns `None`;
+/// - `()` skips the body.
+///
+/// Contention (the lock is busy, or stayed busy for the whole timeout) is the only thing
+/// `Option` and `()` functions skip quietly (logged at DEBUG and INFO level). Every other
+/// failure — no registry, an unknown backend, an unreachable server, a missing bucket or an
+/// invalid name — is also logged at ERROR level by the attribute, whatever the return type.
 ///
 /// Implement it for your own return types to decide yourself:
 ///
@@ -41,13 +46,17 @@ impl<T, E: From<Error>> LockOutcome for Result<T, E> {
 
 impl<T> LockOutcome for Option<T> {
     fn from_lock_error(error: Error) -> Self {
-        tracing::debug!(error = %error, "lock not taken; returning None");
+        if error.is_contention() {
+            tracing::debug!(error = %error, "lock not taken; returning None");
+        }
         None
     }
 }
 
 impl LockOutcome for () {
     fn from_lock_error(error: Error) {
-        tracing::warn!(error = %error, "lock not taken; skipped the locked function");
+        if error.is_contention() {
+            tracing::info!(error = %error, "lock not taken; skipped the locked function");
+        }
     }
 }

@@ -60,21 +60,30 @@ pub fn run_sync<R, F: FnOnce() -> R>(guard: &LockGuard, body: F) -> R {
     guard::scope_sync(guard.handle(), body)
 }
 
-/// Releases after the body; the body's result stands, so a failed release is logged.
+/// Releases after the body; the body's result stands, so a failed release is logged (a lost
+/// lease as an error: the body ran without the lock for part of the time).
 pub async fn release(guard: LockGuard) {
     let name = guard.name().clone();
-    if let Err(e) = guard.release().await {
-        tracing::warn!(lock = %name, error = %e, "releasing the lock after the body failed");
-    }
+    log_release_after_body(&name, guard.release().await);
 }
 
 pub fn release_blocking(guard: LockGuard) {
     let name = guard.name().clone();
-    if let Err(e) = guard.release_blocking() {
-        tracing::warn!(lock = %name, error = %e, "releasing the lock after the body failed");
+    log_release_after_body(&name, guard.release_blocking());
+}
+
+fn log_release_after_body(name: &crate::LockName, result: Result<(), Error>) {
+    if let Err(e) = result {
+        tracing::error!(lock = %name, error = %e, "the locked body finished, but releasing its lock failed");
     }
 }
 
+/// What the function returns when the lock was not taken. Contention is the return type's to
+/// report; any other failure is also logged at ERROR level, whatever the return type, so that
+/// `()` and `Option` functions never hide a broken configuration or backend.
 pub fn lock_failed<R: LockOutcome>(error: Error) -> R {
+    if !error.is_contention() {
+        tracing::error!(error = %error, "#[distributed_lock]: could not take the lock; the body did not run");
+    }
     R::from_lock_error(error)
 }

@@ -23,6 +23,7 @@ pub(crate) struct Defaults {
     pub timeout: Duration,
     pub ttl: Duration,
     pub backoff: Backoff,
+    pub call_timeout: Duration,
 }
 
 /// The backends locks can use, by name, and the defaults for locks that name none.
@@ -164,8 +165,23 @@ impl Registry {
     }
 }
 
-/// Builds a [`Registry`]. Setters never fail; [`build`](RegistryBuilder::build) reports every
-/// problem.
+/// Builds a [`Registry`]. Setters never fail; [`build`](RegistryBuilder::build) checks the
+/// whole configuration and reports the first problem it finds.
+///
+/// ```
+/// use dlock_runtime::{MemoryBackend, Registry};
+/// use std::time::Duration;
+///
+/// let registry = Registry::builder()
+///     .backend("memory", MemoryBackend::new())
+///     .default_timeout(Duration::from_secs(5))
+///     .default_ttl(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(registry.backend_names(), ["memory"]);
+/// let err = Registry::builder().build().unwrap_err();
+/// assert!(err.to_string().contains("no backends"));
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Debug, Default)]
 #[must_use = "call .build() and install the registry"]
 pub struct RegistryBuilder {
@@ -174,6 +190,7 @@ pub struct RegistryBuilder {
     timeout: Option<Duration>,
     ttl: Option<Duration>,
     backoff: Option<Backoff>,
+    call_timeout: Option<Duration>,
 }
 
 /// A backend as registered: URLs are parsed when registered, their errors reported by `build`.
@@ -181,6 +198,10 @@ type BuiltBackend = Result<Arc<dyn Backend>, Error>;
 
 /// The lease a lock gets when neither it nor the registry sets `ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// The longest one backend call may take when neither the lock nor the registry says (see
+/// [`Lock::call_timeout`](crate::Lock::call_timeout)).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RegistryBuilder {
     /// Registers `backend` as `name`.
@@ -210,7 +231,8 @@ impl RegistryBuilder {
         self
     }
 
-    /// How long locks that set no `timeout` wait (default: zero, one attempt).
+    /// How long locks that set no `timeout` wait (default: zero, one attempt; `Duration::MAX`
+    /// waits without limit).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -219,6 +241,13 @@ impl RegistryBuilder {
     /// The lease of locks that set no `ttl` (default: [`DEFAULT_TTL`]).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// The longest one backend call of this registry's locks may take (default
+    /// [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn default_call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = Some(call_timeout);
         self
     }
 
@@ -271,6 +300,7 @@ impl RegistryBuilder {
                     timeout: self.timeout.unwrap_or(Duration::ZERO),
                     ttl,
                     backoff: self.backoff.unwrap_or_default(),
+                    call_timeout: self.call_timeout.unwrap_or(DEFAULT_CALL_TIMEOUT),
                 },
             }),
         })

@@ -94,7 +94,12 @@ pub struct Holder {
 impl Holder {
     /// Starts a worker that takes `name` and holds it; returns once it has the lock.
     pub fn start(worker: &Path, backend_url: &str, name: &str) -> Holder {
-        let mut child = Command::new(worker)
+        Holder::start_with(Command::new(worker), backend_url, name)
+    }
+
+    /// [`Holder::start`] with a prepared command (another user, say).
+    pub fn start_with(mut command: Command, backend_url: &str, name: &str) -> Holder {
+        let mut child = command
             .args(["--backend", backend_url, "--name", name, "hold"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

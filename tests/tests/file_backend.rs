@@ -86,7 +86,7 @@ fn users_share_lock_files_in_a_sticky_directory() {
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let worker = worker_copy_for_all_users(Path::new(WORKER), base.path());
     let locks = base.path().join("locks");
-    let backend = Arc::new(FileBackend::new(&locks).expect("lock dir"));
+    let backend = Arc::new(FileBackend::shared(&locks).expect("lock dir"));
     let mode = std::fs::metadata(&locks)
         .expect("stat")
         .permissions()
@@ -96,18 +96,34 @@ fn users_share_lock_files_in_a_sticky_directory() {
         mode, 0o1777,
         "a new lock directory is sticky and shared like /tmp"
     );
-    let url = url(&locks);
+    let url = format!("{}?shared=true", url(&locks));
     let as_nobody = || {
         let mut command = Command::new(&worker);
         command.uid(NOBODY).gid(NOBODY);
         command
     };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
 
-    // `nobody` creates the lock file; root must still be able to lock it.
+    // `nobody` holds a lock, so its file exists, owned by `nobody`.
     let name = fresh_name("users-a");
-    try_once_with(as_nobody(), &url, &name).expect("nobody takes a fresh lock");
     let path = backend.path_for(&LockName::new(name.as_str()).expect("name"));
+    let holder = Holder::start_with(as_nobody(), &url, &name);
     assert_eq!(std::fs::metadata(&path).expect("stat").uid(), NOBODY);
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").mode() & 0o777,
+        0o666,
+        "shared lock files are readable and writable by every user"
+    );
+    let busy = try_once(&worker, &url, &name).expect_err("held by nobody");
+    assert!(
+        busy.contains(&format!("pid {}", holder.pid())),
+        "root sees nobody's record: {busy}"
+    );
+    // Killed, it leaves its file behind, still owned by `nobody`.
+    holder.kill();
     let trap = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -118,15 +134,11 @@ fn users_share_lock_files_in_a_sticky_directory() {
         Err(std::io::ErrorKind::PermissionDenied),
         "the seed-004 trap is live: even root cannot O_CREAT-open another user's file here"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
     rt.block_on(async {
         let guard = Lock::new(name.as_str())
             .acquire_on(backend.clone())
             .await
-            .expect("root locks nobody's file");
+            .expect("root locks the file nobody left");
         let busy = try_once_with(as_nobody(), &url, &name).unwrap_err();
         assert!(
             busy.contains(&format!("pid {}", std::process::id())),
@@ -134,17 +146,28 @@ fn users_share_lock_files_in_a_sticky_directory() {
         );
         guard.release().await.expect("release");
     });
+    assert!(
+        !path.exists(),
+        "root may remove any file here, and does on release"
+    );
 
-    // And the other way round: root creates, nobody locks.
+    // And the other way round: root's leftover file, locked by nobody, who may not remove it.
     let name = fresh_name("users-b");
-    rt.block_on(async {
-        let guard = Lock::new(name.as_str())
-            .acquire_on(backend.clone())
-            .await
-            .expect("root creates");
-        guard.release().await.expect("release");
-    });
+    let path = backend.path_for(&LockName::new(name.as_str()).expect("name"));
+    Holder::start(&worker, &url, &name).kill();
+    assert_eq!(std::fs::metadata(&path).expect("stat").uid(), 0);
     try_once_with(as_nobody(), &url, &name).expect("nobody locks root's lock file");
+    assert!(
+        path.exists(),
+        "nobody may not remove root's file in a sticky directory, so it stays, marked free"
+    );
+    rt.block_on(async {
+        let free = backend
+            .inspect(&LockName::new(name.as_str()).expect("name"))
+            .await
+            .expect("inspect");
+        assert!(free.is_none(), "{free:?}");
+    });
 }
 
 #[tokio::test]
@@ -204,13 +227,20 @@ async fn hostile_names_stay_inside_the_directory() {
             .acquire_on(backend.clone())
             .await
             .expect("any valid name works");
+        let path = backend.path_for(guard.name());
+        assert_eq!(path.parent(), Some(locks.as_path()), "{name:?}: {path:?}");
+        assert!(path.exists(), "{name:?}: the lock file is where it says");
         guard.release().await.expect("release");
     }
     let inside: Vec<_> = std::fs::read_dir(&locks)
         .expect("list")
-        .map(|e| e.expect("entry").path())
+        .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(inside.len(), 7, "one file per name, all inside: {inside:?}");
+    assert_eq!(
+        inside,
+        [".dlock-fencing"],
+        "released lock files are removed; only the fencing counter stays"
+    );
     let outside: Vec<_> = std::fs::read_dir(base.path())
         .expect("list")
         .map(|e| e.expect("entry").file_name())

@@ -107,8 +107,12 @@ async fn an_unreachable_endpoint_is_a_clear_error() {
 /// fake-gcs-server's answer to a bucket GET, captured from it.
 const BUCKET: &str = r#"{"kind":"storage#bucket","id":"b","defaultEventBasedHold":false,"name":"b","versioning":{"enabled":false},"timeCreated":"2026-11-22T15:17:52.364483Z","updated":"2026-11-22T15:17:52.364483Z","location":"US-CENTRAL1","storageClass":"STANDARD","projectNumber":"0","metageneration":"1","etag":"RVRhZw==","locationType":"region"}"#;
 
+/// fake-gcs-server's answer for a missing object.
+const NOT_FOUND: &str = r#"{"error":{"code":404,"message":"No such object","errors":[{"domain":"global","reason":"notFound","message":"No such object"}]}}"#;
+
 /// On the wire: release is a DELETE with `ifGenerationMatch=<the lease's generation>`, and a
-/// 412 answer (what GCS sends when the generation moved on) is reported as a lost lock.
+/// 412 answer (what GCS sends when the generation moved on) is reported as a lost lock once a
+/// read shows the record is not this owner's.
 #[tokio::test]
 async fn release_is_conditional_on_the_generation_on_the_wire() {
     let precondition = r#"{"error":{"code":412,"message":"conditionNotMet","errors":[{"domain":"global","reason":"conditionNotMet","message":"Precondition Failed"}]}}"#;
@@ -119,6 +123,7 @@ async fn release_is_conditional_on_the_generation_on_the_wire() {
             vec![("Content-Type", "application/json")],
             precondition,
         ), // stale delete
+        (404, vec![("Content-Type", "application/json")], NOT_FOUND), // read-back: not ours
         (204, vec![], ""),                                         // current delete
     ]);
     let backend = GcsBackend::builder()

@@ -5,18 +5,39 @@ use aws_smithy_runtime_api::client::result::SdkError;
 
 /// Endpoint, region and credentials; anything unset comes from the standard AWS configuration
 /// (environment, profile, instance role).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct AwsSettings {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub credentials: Option<(String, String)>,
 }
 
+impl std::fmt::Debug for AwsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret key: settings end up in logs.
+        f.debug_struct("AwsSettings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field(
+                "access_key_id",
+                &self.credentials.as_ref().map(|(id, _)| id),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 impl AwsSettings {
     /// The SDK configuration these settings describe.
     pub async fn load(&self) -> aws_config::SdkConfig {
         use aws_credential_types::Credentials;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // Every request is bounded here too (the runtime also bounds each call by its deadline).
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .operation_attempt_timeout(std::time::Duration::from_secs(10))
+            .operation_timeout(std::time::Duration::from_secs(30))
+            .build();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
         if let Some(region) = &self.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }

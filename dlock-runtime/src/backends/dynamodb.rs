@@ -10,8 +10,9 @@
 //! holder (`inspect`).
 
 use super::aws::AwsSettings;
-use super::record_store::{self, Condition, ConditionalStore, Write};
+use super::protocol::{Condition, ConditionalStore, Write};
 use crate::backend::{Capabilities, Holder, Lease, Owner, Version};
+use crate::time::{from_unix_millis, unix_millis};
 use crate::{Error, LockName};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -23,7 +24,7 @@ use aws_sdk_dynamodb::types::{
 };
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::OnceCell;
 
 const KIND: &str = "dynamodb";
@@ -309,14 +310,8 @@ impl DynamoDbBackend {
                 ),
             ),
         };
-        Error::backend(KIND, temporary, message, Some(Box::new(e)))
+        Error::backend_failure(KIND, temporary, message, Some(Box::new(e)))
     }
-}
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The holder an item names, `None` for a free (absent or released) lock.
@@ -337,7 +332,7 @@ fn holder(item: Option<&HashMap<String, AttributeValue>>) -> Option<Holder> {
                 .unwrap_or_default(),
         },
         version: Version::new(s(VERSION).unwrap_or_default()),
-        acquired_at: n(ACQUIRED_AT).map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        acquired_at: n(ACQUIRED_AT).map(from_unix_millis),
         ttl: n(TTL).map(Duration::from_millis),
         fencing_token: n(FENCE),
     })
@@ -363,7 +358,7 @@ fn write_expressions(lease: &Lease, condition: Condition<'_>, version: &str) -> 
     let mut values = HashMap::from([
         (
             ":ttl".to_string(),
-            AttributeValue::N(lease.ttl.as_millis().to_string()),
+            AttributeValue::N(crate::time::millis(lease.ttl).to_string()),
         ),
         (
             ":version".to_string(),
@@ -387,7 +382,7 @@ fn write_expressions(lease: &Lease, condition: Condition<'_>, version: &str) -> 
                 ),
                 (
                     ":at".to_string(),
-                    AttributeValue::N(millis(lease.acquired_at).to_string()),
+                    AttributeValue::N(unix_millis(lease.acquired_at).to_string()),
                 ),
                 (":one".to_string(), AttributeValue::N("1".into())),
             ]);
@@ -419,22 +414,25 @@ fn write_expressions(lease: &Lease, condition: Condition<'_>, version: &str) -> 
     }
 }
 
-/// Release: remove the holder, keep the key and the fencing counter.
-fn release_expressions(lease: &Lease) -> Expressions {
+/// Release: remove the holder, keep the key and the fencing counter; conditional on the
+/// version (and the owner, for the holder's own release).
+fn release_expressions(version: &Version, owner: Option<&Owner>) -> Expressions {
+    let mut values = HashMap::from([(
+        ":expected".to_string(),
+        AttributeValue::S(version.to_string()),
+    )]);
+    let condition = match owner {
+        Some(owner) => {
+            values.insert(":owner".to_string(), AttributeValue::S(owner.id.clone()));
+            "#owner = :owner AND #record_version = :expected"
+        }
+        None => "attribute_exists(#owner) AND #record_version = :expected",
+    };
     Expressions {
         update: "REMOVE #owner, #host, #pid, #acquired_at_ms, #ttl_ms, #record_version",
-        condition: "#owner = :owner AND #record_version = :expected",
+        condition,
         names: names(&[OWNER, HOST, PID, ACQUIRED_AT, TTL, VERSION]),
-        values: HashMap::from([
-            (
-                ":owner".to_string(),
-                AttributeValue::S(lease.owner.id.clone()),
-            ),
-            (
-                ":expected".to_string(),
-                AttributeValue::S(lease.version.to_string()),
-            ),
-        ]),
+        values,
     }
 }
 
@@ -459,7 +457,7 @@ impl ConditionalStore for DynamoDbBackend {
 
     async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
         let client = self.client().await?;
-        let version = Owner::generate().id;
+        let version = crate::backend::random_id();
         let expressions = write_expressions(lease, condition, &version);
         let result = self
             .update_item(client, &lease.name, expressions)
@@ -501,16 +499,21 @@ impl ConditionalStore for DynamoDbBackend {
         Ok(holder(out.item()))
     }
 
-    async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
+    async fn delete(
+        &self,
+        name: &LockName,
+        version: &Version,
+        owner: Option<&Owner>,
+    ) -> Result<bool, Error> {
         let client = self.client().await?;
         let result = self
-            .update_item(client, &lease.name, release_expressions(lease))
+            .update_item(client, name, release_expressions(version, owner))
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e)) => match e.err() {
-                // Free already (an SDK retry of our own release): fine. Someone else's: lost.
+                // Free already (an SDK retry of our own release): fine. Someone else's: no.
                 UpdateItemError::ConditionalCheckFailedException(failed) => {
                     Ok(holder(failed.item()).is_none())
                 }
@@ -519,9 +522,42 @@ impl ConditionalStore for DynamoDbBackend {
             Err(e) => Err(self.error("releasing the lock item", e)),
         }
     }
-}
 
-record_store::conditional_store_backend!(DynamoDbBackend);
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error> {
+        // For operators only: a scan (IAM: dynamodb:Scan). Locking itself never scans.
+        let client = self.client().await?;
+        let key = &self.settings.key_attribute;
+        let mut held = Vec::new();
+        let mut start = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(&self.settings.table)
+                .consistent_read(true)
+                .filter_expression("begins_with(#key, :prefix) AND attribute_exists(#owner)")
+                .expression_attribute_names("#key", key)
+                .expression_attribute_names("#owner", OWNER)
+                .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_string()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| self.error("listing the lock items", e))?;
+            for item in page.items() {
+                let name = item
+                    .get(key)
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|n| LockName::new(n.as_str()).ok());
+                if let (Some(name), Some(holder)) = (name, holder(Some(item))) {
+                    held.push((name, holder));
+                }
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(held);
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -561,7 +597,7 @@ mod tests {
             version: Version::new("v1"),
             ttl: Duration::from_secs(30),
             fencing_token: Some(1),
-            acquired_at: SystemTime::now(),
+            acquired_at: std::time::SystemTime::now(),
         };
         let stale = Version::new("v0");
         assert_exact(&write_expressions(&lease, Condition::Free, "v2"), "acquire");
@@ -573,6 +609,10 @@ mod tests {
             &write_expressions(&lease, Condition::Renew(&lease.version), "v2"),
             "renew",
         );
-        assert_exact(&release_expressions(&lease), "release");
+        assert_exact(
+            &release_expressions(&lease.version, Some(&lease.owner)),
+            "release",
+        );
+        assert_exact(&release_expressions(&lease.version, None), "forced release");
     }
 }

@@ -1,42 +1,65 @@
-//! `flock` on one file per lock name in a directory: many processes and users on one machine.
+//! `flock` on one file per lock name in a directory: many processes (and, in a shared
+//! directory, many users) on one machine.
 //!
 //! The traps this module avoids (seed 004 and the usual lock-file attacks):
-//! - a lock file created by one user must be lockable by another, also in a sticky,
-//!   world-writable directory such as `/tmp`, where Linux's `fs.protected_regular` makes an
-//!   `O_CREAT` open of another user's file fail even for root: existing files are opened
-//!   without `O_CREAT`, new ones are created with `O_EXCL` and mode 0666;
+//! - in a shared directory (mode 1777, like `/tmp`), a lock file created by one user must be
+//!   lockable by another, where Linux's `fs.protected_regular` makes an `O_CREAT` open of
+//!   another user's file fail even for root: existing files are opened without `O_CREAT`, new
+//!   ones are created with `O_EXCL`;
 //! - a symlink or hard link planted where the lock file goes is never followed or written
 //!   through (`O_NOFOLLOW`, and a link count of one is required);
 //! - lock names never leave the directory: they are percent-encoded into one file name;
 //! - the locked body's own I/O errors are never mistaken for "already locked": locking is a
 //!   separate step that finishes before the body starts;
-//! - lock files are never deleted, because deleting a lock file that another process still has
-//!   open silently breaks mutual exclusion.
+//! - lock files do not pile up: the holder removes its file when it releases, while it still
+//!   holds the lock, and a process that locked a file checks that it is still the one at the
+//!   lock's path (same inode) before it counts as the holder — so a removal never lets two
+//!   processes hold the same name;
+//! - fencing tokens come from one counter file per directory, so removing a lock file (or a
+//!   damaged record) never restarts them;
+//! - reading who holds a lock (status, list) never takes the lock, not even a shared one: the
+//!   kernel's table of locks (`/proc/locks`) says whether a file is locked.
 
 use crate::backend::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version,
 };
+use crate::time::{from_unix_millis, unix_millis};
 use crate::{Error, LockName};
+use rustix::fs::inotify;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions, TryLockError};
 use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const KIND: &str = "file";
 /// A lock file holds one short record; anything larger is not ours.
 const MAX_RECORD: u64 = 4096;
-const MAGIC: &str = "dlock-lock v1";
+const MAGIC: &str = "dlock-lock v2";
 /// Longer encoded names are shortened and hashed, well below the usual 255-byte file name limit.
 const MAX_ENCODED: usize = 180;
+/// The directory's fencing counter. Encoded lock names never start with `.`, so it cannot
+/// collide with a lock file.
+const COUNTER: &str = ".dlock-fencing";
+/// How often a lock is retried when its file was removed between opening and locking it.
+const REOPENS: usize = 16;
 
 /// Locks as `flock(2)` on files in one directory.
 ///
 /// The kernel frees a lock the moment its process exits, however it exits (`kill -9`
-/// included), so this backend needs no leases and no takeover. A fencing token is kept in each
-/// lock file and increases with every acquisition, as long as the file is not deleted.
+/// included), so this backend needs no leases and no takeover; waiters are woken by the kernel
+/// (inotify on the lock file) the moment it is freed. Fencing tokens come from a counter file
+/// in the directory (`.dlock-fencing`) and increase with every acquisition of any name there;
+/// do not delete it.
+///
+/// Two kinds of directory:
+/// - [`FileBackend::new`]: private to the user (created with mode 0700, lock files 0600).
+/// - [`FileBackend::shared`]: for several users of one machine (created with mode 1777 like
+///   `/tmp`, lock files 0666), safe against the multi-user traps above. As URL:
+///   `file:///var/lock/app?shared=true`.
 ///
 /// ```
 /// use dlock_runtime::{FileBackend, Lock};
@@ -45,44 +68,64 @@ const MAX_ENCODED: usize = 180;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), dlock_runtime::Error> {
 /// # let dir = tempfile::tempdir().unwrap();
-/// let backend = Arc::new(FileBackend::new(dir.path())?);
+/// let backend = Arc::new(FileBackend::new(dir.path().join("locks"))?);
 /// let guard = Lock::new("../../etc/passwd").acquire_on(backend.clone()).await?;
 /// // The name stays inside the directory, encoded:
 /// assert!(backend.path_for(guard.name()).starts_with(dir.path()));
 /// guard.release().await?;
+/// // A free lock leaves no file behind.
+/// assert!(!backend.path_for(&"../../etc/passwd".parse()?).exists());
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone, Debug)]
 pub struct FileBackend {
     dir: PathBuf,
+    shared: bool,
     /// Open lock files by owner id: the lock lives exactly as long as its file stays open.
     held: Arc<Mutex<HashMap<String, File>>>,
+    /// The fencing counter, opened once.
+    counter: Arc<Mutex<Option<File>>>,
 }
 
 impl FileBackend {
-    /// Locks in `dir`, created if missing with mode 1777 (sticky and world-writable, like
-    /// `/tmp`) so that every user of the machine can create lock files there.
+    /// Locks in `dir`, private to this user: created if missing with mode 0700, lock files
+    /// 0600. An existing directory keeps its permissions.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, Error> {
-        let dir = dir.into();
-        ensure_dir(&dir)?;
+        Self::with_mode(dir.into(), false)
+    }
+
+    /// Locks in `dir`, shared by every user of the machine: created if missing with mode 1777
+    /// (sticky and world-writable, like `/tmp`), lock files 0666, so that any user can lock a
+    /// file another user created.
+    pub fn shared(dir: impl Into<PathBuf>) -> Result<Self, Error> {
+        Self::with_mode(dir.into(), true)
+    }
+
+    fn with_mode(dir: PathBuf, shared: bool) -> Result<Self, Error> {
+        ensure_dir(&dir, shared)?;
         Ok(FileBackend {
             dir,
+            shared,
             held: Arc::default(),
+            counter: Arc::default(),
         })
     }
 
-    /// Locks in `$DLOCK_FILE_DIR`, or in [`FileBackend::default_dir`] when it is unset.
+    /// Locks in `$DLOCK_FILE_DIR`, or in [`FileBackend::default_dir`] when it is unset;
+    /// private unless `DLOCK_FILE_SHARED=true`.
     pub fn from_env() -> Result<Self, Error> {
-        match std::env::var_os("DLOCK_FILE_DIR") {
-            Some(dir) if !dir.is_empty() => Self::new(dir),
-            _ => Self::new(Self::default_dir()),
-        }
+        let shared = std::env::var("DLOCK_FILE_SHARED").is_ok_and(|v| v == "true" || v == "1");
+        let dir = match std::env::var_os("DLOCK_FILE_DIR") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => Self::default_dir(),
+        };
+        Self::with_mode(dir, shared)
     }
 
-    /// `$TMPDIR/dlock` (usually `/tmp/dlock`).
+    /// `$TMPDIR/dlock-UID` (usually `/tmp/dlock-1000`): this user's own lock directory.
     pub fn default_dir() -> PathBuf {
-        std::env::temp_dir().join("dlock")
+        std::env::temp_dir().join(format!("dlock-{}", rustix::process::getuid().as_raw()))
     }
 
     /// The directory of the lock files.
@@ -90,9 +133,18 @@ impl FileBackend {
         &self.dir
     }
 
+    /// Whether the directory is shared by every user (see [`FileBackend::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// The lock file of `name`: always directly inside [`dir`](FileBackend::dir).
     pub fn path_for(&self, name: &LockName) -> PathBuf {
         self.dir.join(file_name(name))
+    }
+
+    fn file_mode(&self) -> u32 {
+        if self.shared { 0o666 } else { 0o600 }
     }
 
     fn held(&self) -> MutexGuard<'_, HashMap<String, File>> {
@@ -102,11 +154,43 @@ impl FileBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn open(&self, name: &LockName, create: bool) -> Result<Option<File>, Error> {
-        let path = self.path_for(name);
-        open_lock_file(&path, create).map_err(|e| io_error(&path, e))
+    fn open(&self, path: &Path, create: bool) -> Result<Option<File>, Error> {
+        open_lock_file(path, create, self.file_mode()).map_err(|e| io_error(path, e))
     }
 
+    /// The next fencing token of the directory: strictly greater than every one handed out
+    /// before, whatever happened to the lock files.
+    fn next_token(&self) -> Result<u64, Error> {
+        let path = self.dir.join(COUNTER);
+        let mut counter = self
+            .counter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for _ in 0..REOPENS {
+            let file = match counter.take() {
+                Some(file) => file,
+                None => self
+                    .open(&path, true)?
+                    .ok_or_else(|| io_error(&path, io::Error::from(ErrorKind::NotFound)))?,
+            };
+            file.lock().map_err(|e| io_error(&path, e))?;
+            // Someone replaced the counter file: use the one at the path now.
+            if !same_file(&file, &path) {
+                continue;
+            }
+            let result = bump(&file).map_err(|e| io_error(&path, e));
+            let _ = file.unlock();
+            *counter = Some(file);
+            return result;
+        }
+        Err(io_error(
+            &path,
+            io::Error::other("the counter file keeps being replaced"),
+        ))
+    }
+
+    /// Frees the lock of `lease` (which must be held here): removes the lock file while still
+    /// holding it, then unlocks by closing it.
     fn unlock(&self, lease: &Lease) -> Result<(), Error> {
         let file = self
             .held()
@@ -114,21 +198,71 @@ impl FileBackend {
             .ok_or_else(|| Error::Lost {
                 name: lease.name.to_string(),
             })?;
-        // Clear the holder but keep the token, so the next holder continues from it.
-        let token = lease.fencing_token.unwrap_or_default();
-        if let Err(e) = write_record(
-            &file,
-            &Record {
-                token,
-                holder: None,
-            },
-        ) {
-            tracing::warn!(lock = %lease.name, error = %e, "could not clear the lock file's holder record");
+        let path = self.path_for(&lease.name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            // Not ours to remove (another user's file in a sticky directory), or gone: leave
+            // it, marked free.
+            Err(e) => {
+                if e.kind() != ErrorKind::NotFound {
+                    tracing::debug!(path = %path.display(), error = %e, "left the lock file in place");
+                }
+                if let Err(e) = write_record(&file, None) {
+                    tracing::warn!(lock = %lease.name, error = %e, "could not clear the lock file's holder record");
+                }
+            }
         }
-        file.unlock()
-            .map_err(|e| io_error(&self.path_for(&lease.name), e))
+        file.unlock().map_err(|e| io_error(&path, e))
         // Dropping `file` closes it.
     }
+
+    /// The holder of an open lock file, if it is locked: from the kernel's lock table, which
+    /// reading does not disturb, and the holder's record.
+    async fn holder_of(&self, file: &File) -> Result<Option<Holder>, Error> {
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::permanent(KIND, e.to_string(), None))?;
+        match kernel_lock_pid(&meta) {
+            Some(Some(pid)) => Ok(Some(read_holder(file, pid).await)),
+            Some(None) => Ok(None),
+            // No kernel lock table to read: ask for a shared lock instead (a concurrent
+            // acquirer may then see the lock busy for a moment).
+            None => match file.try_lock_shared() {
+                Ok(()) => {
+                    let _ = file.unlock();
+                    Ok(None)
+                }
+                Err(TryLockError::WouldBlock) => Ok(Some(read_holder(file, 0).await)),
+                Err(TryLockError::Error(e)) => Err(Error::permanent(KIND, e.to_string(), None)),
+            },
+        }
+    }
+}
+
+/// Reads the counter, writes it plus one, and returns the new value.
+fn bump(file: &File) -> io::Result<u64> {
+    let mut buf = [0u8; 64];
+    let len = file.read_at(&mut buf, 0)?;
+    let text = std::str::from_utf8(&buf[..len]).unwrap_or("?").trim();
+    let last: u64 = if text.is_empty() {
+        0
+    } else {
+        text.parse().map_err(|_| {
+            io::Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "the fencing counter holds {text:?}, not a number; tokens must never repeat, so \
+                     write a number larger than any token handed out (e.g. the current Unix time in \
+                     microseconds) into it"
+                ),
+            )
+        })?
+    };
+    let next = last + 1;
+    let text = format!("{next}\n");
+    file.write_all_at(text.as_bytes(), 0)?;
+    file.set_len(text.len() as u64)?;
+    Ok(next)
 }
 
 #[async_trait::async_trait]
@@ -139,44 +273,63 @@ impl Backend for FileBackend {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            freed_on_exit: true,
             fencing_tokens: true,
+            notified_waiting: true,
+            local_calls: true,
             ..Capabilities::default()
         }
     }
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
         let path = self.path_for(&request.name);
-        let Some(file) = self.open(&request.name, true)? else {
-            return Err(io_error(&path, io::Error::from(ErrorKind::NotFound)));
-        };
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Ok(AcquireOutcome::Busy(read_holder(&file).await));
+        for _ in 0..REOPENS {
+            let Some(file) = self.open(&path, true)? else {
+                continue;
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    let meta = file.metadata().map_err(|e| io_error(&path, e))?;
+                    let pid = kernel_lock_pid(&meta).flatten().unwrap_or(0);
+                    return Ok(AcquireOutcome::Busy(read_holder(&file, pid).await));
+                }
+                Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
+            // The previous holder may have removed this file after we opened it: a lock on a
+            // file that is no longer at the path excludes nobody. Try the one there now.
+            if !same_file(&file, &path) {
+                continue;
+            }
+            let token = match self.next_token() {
+                Ok(token) => token,
+                Err(e) => {
+                    let _ = file.unlock();
+                    return Err(e);
+                }
+            };
+            let lease = Lease {
+                name: request.name.clone(),
+                owner: request.owner.clone(),
+                version: Version::new(token.to_string()),
+                ttl: request.ttl,
+                fencing_token: Some(token),
+                acquired_at: std::time::SystemTime::now(),
+            };
+            if let Err(e) = write_record(&file, Some(&lease)) {
+                let _ = file.unlock();
+                return Err(io_error(&path, e));
+            }
+            self.held().insert(request.owner.id.clone(), file);
+            return Ok(AcquireOutcome::Acquired(lease));
         }
-        // We hold the lock: nobody else writes the record now.
-        let previous = read_record(&file).map(|r| r.token).unwrap_or(0);
-        let lease = Lease {
-            name: request.name.clone(),
-            owner: request.owner.clone(),
-            version: Version::new((previous + 1).to_string()),
-            ttl: request.ttl,
-            fencing_token: Some(previous + 1),
-            acquired_at: SystemTime::now(),
-        };
-        let record = Record {
-            token: previous + 1,
-            holder: Some(lease.holder()),
-        };
-        if let Err(e) = write_record(&file, &record) {
-            let _ = file.unlock();
-            return Err(io_error(&path, e));
-        }
-        self.held().insert(request.owner.id.clone(), file);
-        Ok(AcquireOutcome::Acquired(lease))
+        Err(Error::temporary(
+            KIND,
+            format!(
+                "{}: the lock file kept being removed and recreated while it was locked; retrying",
+                path.display()
+            ),
+            None,
+        ))
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
@@ -198,17 +351,87 @@ impl Backend for FileBackend {
     }
 
     async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
-        let Some(file) = self.open(name, false)? else {
-            return Ok(None);
-        };
-        match file.try_lock_shared() {
-            Ok(()) => {
-                let _ = file.unlock();
-                Ok(None)
-            }
-            Err(TryLockError::WouldBlock) => Ok(Some(read_holder(&file).await)),
-            Err(TryLockError::Error(e)) => Err(io_error(&self.path_for(name), e)),
+        let path = self.path_for(name);
+        match self.open(&path, false)? {
+            None => Ok(None),
+            Some(file) => self.holder_of(&file).await,
         }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
+        let mut held = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(&self.dir, e))?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if !file_name.ends_with(".lock") || file_name.starts_with('.') {
+                continue;
+            }
+            // A file that is not ours (a link, a directory, something large) is skipped, not
+            // an error: listing is for people.
+            let Ok(Some(file)) = open_lock_file(&entry.path(), false, self.file_mode()) else {
+                continue;
+            };
+            let Some(holder) = self.holder_of(&file).await? else {
+                continue;
+            };
+            let name = read_record(&file)
+                .and_then(|r| r.name)
+                .and_then(|n| LockName::new(n).ok())
+                .or_else(|| decode_file_name(file_name));
+            if let Some(name) = name.filter(|n| n.as_str().starts_with(prefix)) {
+                held.push((name, holder));
+            }
+        }
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(held)
+    }
+
+    async fn force_release(&self, name: &LockName, version: &Version) -> Result<(), Error> {
+        let Some(holder) = self.inspect(name).await? else {
+            return Ok(());
+        };
+        if &holder.version != version {
+            return Err(Error::Changed {
+                name: name.to_string(),
+                expected: version.clone(),
+                holder: Some(Box::new(holder)),
+            });
+        }
+        Err(Error::permanent(
+            KIND,
+            format!(
+                "`{name}` is held by a live process ({}): a file lock is freed by the kernel when \
+                 its process exits, and cannot be taken from it; stop that process",
+                holder.owner
+            ),
+            None,
+        ))
+    }
+
+    async fn wait_for_change(
+        &self,
+        name: &LockName,
+        seen: &Version,
+        _since: std::time::Instant,
+    ) -> Result<(), Error> {
+        let path = self.path_for(name);
+        let Some(file) = self.open(&path, false)? else {
+            return Ok(());
+        };
+        // Watch first, then look: a release between the two still wakes us.
+        let watch = Watch::new(&path)?;
+        match self.holder_of(&file).await? {
+            Some(holder) if &holder.version == seen || holder.owner.is_unknown() => {}
+            _ => return Ok(()),
+        }
+        if !same_file(&file, &path) {
+            return Ok(());
+        }
+        watch.changed().await
     }
 
     fn release_now(&self, lease: &Lease) -> Option<Result<(), Error>> {
@@ -217,9 +440,7 @@ impl Backend for FileBackend {
 
     fn stale_lock_hint(&self, name: &LockName, holder: Option<&Holder>) -> String {
         let who = match holder {
-            Some(h) if !h.owner.is_unknown() => {
-                format!("pid {} on host {}", h.owner.pid, h.owner.host)
-            }
+            Some(h) if h.owner.pid != 0 => format!("pid {} on host {}", h.owner.pid, h.owner.host),
             _ => "the holding process".to_string(),
         };
         format!(
@@ -230,12 +451,56 @@ impl Backend for FileBackend {
     }
 }
 
+/// An inotify watch on one lock file: woken when a holder closes it (also when the kernel
+/// closes it for a killed process), removes it, or writes a new record.
+struct Watch {
+    fd: tokio::io::unix::AsyncFd<OwnedFd>,
+}
+
+impl Watch {
+    fn new(path: &Path) -> Result<Self, Error> {
+        let fail = |what: &str, e: io::Error| {
+            Error::temporary(KIND, format!("{what} {}: {e}", path.display()), None)
+        };
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .map_err(|e| fail("cannot watch", e.into()))?;
+        let events = inotify::WatchFlags::CLOSE_WRITE
+            | inotify::WatchFlags::ATTRIB
+            | inotify::WatchFlags::MODIFY
+            | inotify::WatchFlags::DELETE_SELF
+            | inotify::WatchFlags::MOVE_SELF
+            | inotify::WatchFlags::DONT_FOLLOW;
+        inotify::add_watch(&fd, path, events).map_err(|e| fail("cannot watch", e.into()))?;
+        // SAFETY: the descriptor is an `OwnedFd` moved into the `AsyncFd`, which owns it until
+        // the registration ends: it is never closed or reused while registered.
+        #[allow(unsafe_code)]
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map_err(|e| fail("cannot wait on a watch of", e.into()))?;
+        Ok(Watch { fd })
+    }
+
+    async fn changed(&self) -> Result<(), Error> {
+        let mut guard = self
+            .fd
+            .readable()
+            .await
+            .map_err(|e| Error::temporary(KIND, e.to_string(), None))?;
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
 /// The lock file's name: the encoded lock name (see [`LockName::encoded`]) plus `.lock`.
 fn file_name(name: &LockName) -> String {
     format!("{}.lock", name.encoded(MAX_ENCODED))
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), Error> {
+/// The lock name a lock file's name encodes, unless it was shortened with a hash.
+fn decode_file_name(file_name: &str) -> Option<LockName> {
+    LockName::decode(file_name.strip_suffix(".lock")?)
+}
+
+fn ensure_dir(dir: &Path, shared: bool) -> Result<(), Error> {
     let fail = |what: &str, e: io::Error| {
         Error::permanent(
             KIND,
@@ -255,17 +520,18 @@ fn ensure_dir(dir: &Path) -> Result<(), Error> {
         )),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
-            // create_dir_all applies the umask; make it shared like /tmp on purpose.
-            std::fs::set_permissions(dir, Permissions::from_mode(0o1777))
-                .map_err(|e| fail("cannot make it shared (mode 1777)", e))
+            // create_dir_all applies the umask; set the mode this backend promises.
+            let mode = if shared { 0o1777 } else { 0o700 };
+            std::fs::set_permissions(dir, Permissions::from_mode(mode))
+                .map_err(|e| fail(&format!("cannot set its mode to {mode:o}"), e))
         }
         Err(e) => Err(fail("cannot read it", e)),
     }
 }
 
-/// Opens the lock file for reading and writing without following links. `create` makes it
-/// (mode 0666) when missing; otherwise a missing file is `None`.
-fn open_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
+/// Opens a lock file for reading and writing without following links. `create` makes it
+/// (with `mode`) when missing; otherwise a missing file is `None`.
+fn open_lock_file(path: &Path, create: bool, mode: u32) -> io::Result<Option<File>> {
     loop {
         // Existing file: never O_CREAT, which protected_regular refuses for other users'
         // files in sticky directories.
@@ -275,7 +541,14 @@ fn open_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
         {
-            Ok(file) => return check_regular(file).map(Some),
+            Ok(file) => {
+                let meta = file.metadata()?;
+                if meta.nlink() == 0 {
+                    // Removed by its last holder just after we opened it: open again.
+                    continue;
+                }
+                return check_regular(file, &meta).map(Some);
+            }
             Err(e) if e.kind() == ErrorKind::NotFound && create => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -284,13 +557,14 @@ fn open_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o666)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
         {
             Ok(file) => {
-                // The umask narrowed the mode; other users must be able to open it too.
-                file.set_permissions(Permissions::from_mode(0o666))?;
+                // The umask narrowed the mode; in a shared directory other users must be
+                // able to open it too.
+                file.set_permissions(Permissions::from_mode(mode))?;
                 return Ok(Some(file));
             }
             // Another process created it between our two opens: open theirs.
@@ -300,8 +574,7 @@ fn open_lock_file(path: &Path, create: bool) -> io::Result<Option<File>> {
     }
 }
 
-fn check_regular(file: File) -> io::Result<File> {
-    let meta = file.metadata()?;
+fn check_regular(file: File, meta: &std::fs::Metadata) -> io::Result<File> {
     let refuse = |why: String| Err(io::Error::new(ErrorKind::InvalidData, why));
     if !meta.is_file() {
         return refuse("it is not a regular file".into());
@@ -321,6 +594,39 @@ fn check_regular(file: File) -> io::Result<File> {
     Ok(file)
 }
 
+/// Whether the open `file` is the one at `path` now (not removed or replaced).
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Who holds an exclusive `flock` on the file `meta` describes, from `/proc/locks`:
+/// `Some(Some(pid))` when locked, `Some(None)` when not, `None` when the table cannot be read.
+fn kernel_lock_pid(meta: &std::fs::Metadata) -> Option<Option<u32>> {
+    let table = std::fs::read_to_string("/proc/locks").ok()?;
+    let dev = meta.dev();
+    let wanted = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev),
+        meta.ino()
+    );
+    Some(table.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have "->" after the id.
+        let mut fields = line.split_whitespace().skip(1);
+        let (kind, _, access, pid, id) = (
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+        );
+        (kind == "FLOCK" && access == "WRITE" && id == wanted).then(|| pid.parse().unwrap_or(0))
+    }))
+}
+
 fn io_error(path: &Path, e: io::Error) -> Error {
     let what = match (e.raw_os_error(), e.kind()) {
         (Some(libc::ELOOP), _) => format!(
@@ -328,9 +634,10 @@ fn io_error(path: &Path, e: io::Error) -> Error {
             path.display()
         ),
         (_, ErrorKind::PermissionDenied) => format!(
-            "permission denied on {}: dlock makes lock files mode 0666 in a directory of mode 1777; \
-             make the file readable and writable by every user of the lock (chmod 0666) or the \
-             directory writable (chmod 1777)",
+            "permission denied on {}: a private lock directory (FileBackend::new) belongs to the user \
+             who created it; for locks shared by several users use a shared directory \
+             (FileBackend::shared, or `file://DIR?shared=true`), whose files are mode 0666 in a \
+             directory of mode 1777",
             path.display()
         ),
         (_, ErrorKind::InvalidData) => format!(
@@ -342,26 +649,24 @@ fn io_error(path: &Path, e: io::Error) -> Error {
     Error::permanent(KIND, what, Some(Box::new(e)))
 }
 
-/// What a lock file says: the last fencing token, and the holder while held.
+/// What a lock file says while held: who holds it, with which token, under which name.
 struct Record {
-    token: u64,
     holder: Option<Holder>,
+    name: Option<String>,
 }
 
-fn write_record(file: &File, record: &Record) -> io::Result<()> {
-    let mut text = format!("{MAGIC}\ntoken={}\n", record.token);
-    if let Some(h) = &record.holder {
-        let millis = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        };
+/// Writes the holder record of `lease`, or a free record for `None`.
+fn write_record(file: &File, lease: Option<&Lease>) -> io::Result<()> {
+    let mut text = format!("{MAGIC}\n");
+    if let Some(l) = lease {
         text.push_str(&format!(
-            "owner={}\nhost={}\npid={}\nacquired_at_ms={}\n",
-            h.owner.id,
-            h.owner.host.replace('\n', " "),
-            h.owner.pid,
-            h.acquired_at.map(millis).unwrap_or(0),
+            "token={}\nowner={}\nhost={}\npid={}\nacquired_at_ms={}\nname={}\n",
+            l.fencing_token.unwrap_or_default(),
+            l.owner.id,
+            l.owner.host.replace('\n', " "),
+            l.owner.pid,
+            unix_millis(l.acquired_at),
+            l.name,
         ));
     }
     text.push_str("end\n");
@@ -387,8 +692,8 @@ fn read_record(file: &File) -> Option<Record> {
         return None;
     }
     let fields: HashMap<&str, &str> = body.lines().filter_map(|l| l.split_once('=')).collect();
-    let token: u64 = fields.get("token")?.parse().ok()?;
     let holder = (|| {
+        let token: u64 = fields.get("token")?.parse().ok()?;
         let owner = Owner {
             id: fields.get("owner")?.to_string(),
             host: fields.get("host")?.to_string(),
@@ -398,17 +703,21 @@ fn read_record(file: &File) -> Option<Record> {
         Some(Holder {
             owner,
             version: Version::new(token.to_string()),
-            acquired_at: Some(UNIX_EPOCH + Duration::from_millis(ms)),
+            acquired_at: Some(from_unix_millis(ms)),
             ttl: None,
             fencing_token: Some(token),
         })
     })();
-    Some(Record { token, holder })
+    Some(Record {
+        holder,
+        name: fields.get("name").map(|n| n.to_string()),
+    })
 }
 
-/// The holder of a busy lock file. A new holder writes its record just after locking, so a
-/// record without a holder is re-read a few times before the holder is reported unknown.
-async fn read_holder(file: &File) -> Holder {
+/// The holder of a locked file (`pid` from the kernel, 0 if unknown). A new holder writes its
+/// record just after locking, so a file without one is re-read a few times before the holder
+/// is reported as not yet known.
+async fn read_holder(file: &File, pid: u32) -> Holder {
     for _ in 0..5 {
         if let Some(Record {
             holder: Some(h), ..
@@ -419,7 +728,15 @@ async fn read_holder(file: &File) -> Holder {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Holder {
-        owner: Owner::unknown(),
+        owner: Owner {
+            pid,
+            host: if pid == 0 {
+                String::new()
+            } else {
+                crate::host_name().to_string()
+            },
+            ..Owner::unknown()
+        },
         version: Version::new("unknown"),
         acquired_at: None,
         ttl: None,
@@ -435,40 +752,65 @@ mod tests {
     fn records_round_trip_and_reject_garbage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.lock");
-        let file = open_lock_file(&path, true).expect("open").expect("created");
+        let file = open_lock_file(&path, true, 0o666)
+            .expect("open")
+            .expect("created");
         assert!(read_record(&file).is_none(), "an empty file has no record");
-        let owner = Owner::generate();
-        let holder = Holder {
-            owner: owner.clone(),
+        let lease = Lease {
+            name: LockName::new("a=b c").expect("name"),
+            owner: Owner::generate(),
             version: Version::new("7"),
-            acquired_at: Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
-            ttl: None,
+            ttl: Duration::from_secs(1),
             fencing_token: Some(7),
+            acquired_at: from_unix_millis(1_700_000_000_123),
         };
-        write_record(
-            &file,
-            &Record {
-                token: 7,
-                holder: Some(holder.clone()),
-            },
-        )
-        .expect("write");
+        write_record(&file, Some(&lease)).expect("write");
         let back = read_record(&file).expect("parses");
-        assert_eq!(back.token, 7);
-        assert_eq!(back.holder, Some(holder));
-        write_record(
-            &file,
-            &Record {
-                token: 7,
-                holder: None,
-            },
-        )
-        .expect("write");
-        let back = read_record(&file).expect("parses");
-        assert!(back.holder.is_none());
+        let holder = back.holder.expect("holder");
+        assert_eq!(holder.owner, lease.owner);
+        assert_eq!(holder.fencing_token, Some(7));
+        assert_eq!(back.name.as_deref(), Some("a=b c"));
+        write_record(&file, None).expect("write");
+        assert!(read_record(&file).expect("parses").holder.is_none());
         assert_eq!(
             std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777,
             0o666
         );
+    }
+
+    #[test]
+    fn file_names_decode_back_to_lock_names() {
+        for name in ["deploy-prod", "../x/y", "a%b", ".hidden", "ü"] {
+            let name = LockName::new(name).expect("name");
+            assert_eq!(decode_file_name(&file_name(&name)), Some(name));
+        }
+        let long = LockName::new("x".repeat(500)).expect("name");
+        assert_eq!(decode_file_name(&file_name(&long)), None, "hashed");
+    }
+
+    #[test]
+    fn a_damaged_counter_is_an_error_not_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = FileBackend::new(dir.path()).expect("dir");
+        assert_eq!(backend.next_token().expect("token"), 1);
+        assert_eq!(backend.next_token().expect("token"), 2);
+        std::fs::write(dir.path().join(COUNTER), "garbage").expect("damage");
+        let err = backend.next_token().expect_err("damaged");
+        assert!(err.to_string().contains("not a number"), "{err}");
+    }
+
+    #[test]
+    fn the_kernel_lock_table_shows_holders_without_locking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.lock");
+        let file = open_lock_file(&path, true, 0o600)
+            .expect("open")
+            .expect("created");
+        let meta = file.metadata().expect("stat");
+        assert_eq!(kernel_lock_pid(&meta), Some(None));
+        file.lock().expect("lock");
+        assert_eq!(kernel_lock_pid(&meta), Some(Some(std::process::id())));
+        file.unlock().expect("unlock");
+        assert_eq!(kernel_lock_pid(&meta), Some(None));
     }
 }

@@ -8,7 +8,12 @@ use std::sync::Arc;
 /// | URL | backend |
 /// |---|---|
 /// | `memory://` | a new [`MemoryBackend`](crate::MemoryBackend) |
-/// | `file:///var/lock/app` | a [`FileBackend`](crate::FileBackend) in that directory (feature `file`) |
+/// | `file:///var/lock/app` | a private [`FileBackend`](crate::FileBackend) in that directory (feature `file`) |
+/// | `file:///var/lock/app?shared=true` | a [`FileBackend`](crate::FileBackend) shared by every user |
+/// | `s3://bucket/prefix` | an [`S3Backend`](crate::S3Backend) (feature `s3`) |
+/// | `gs://bucket/prefix` | a [`GcsBackend`](crate::GcsBackend) (feature `gcs`) |
+/// | `dynamodb://table` | a [`DynamoDbBackend`](crate::DynamoDbBackend) (feature `dynamodb`) |
+/// | `mongodb://host/db?collection=locks` | a [`MongoBackend`](crate::MongoBackend) (feature `mongodb`) |
 ///
 /// ```
 /// let backend = dlock_runtime::backend_from_url("memory://")?;
@@ -58,7 +63,19 @@ fn supported() -> &'static str {
 }
 
 #[cfg(feature = "file")]
-fn file(url: &str, path: &str) -> Result<Arc<dyn Backend>, Error> {
+fn file(url: &str, rest: &str) -> Result<Arc<dyn Backend>, Error> {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let shared = match query {
+        "" | "shared=false" => false,
+        "shared" | "shared=true" => true,
+        other => {
+            return Err(Error::Config {
+                message: format!(
+                    "`{url}`: unknown option `{other}`; a file URL takes only `?shared=true`"
+                ),
+            });
+        }
+    };
     if !path.starts_with('/') {
         return Err(Error::Config {
             message: format!(
@@ -66,11 +83,15 @@ fn file(url: &str, path: &str) -> Result<Arc<dyn Backend>, Error> {
             ),
         });
     }
-    Ok(Arc::new(crate::FileBackend::new(path)?))
+    Ok(Arc::new(if shared {
+        crate::FileBackend::shared(path)?
+    } else {
+        crate::FileBackend::new(path)?
+    }))
 }
 
 #[cfg(not(feature = "file"))]
-fn file(url: &str, _path: &str) -> Result<Arc<dyn Backend>, Error> {
+fn file(url: &str, _rest: &str) -> Result<Arc<dyn Backend>, Error> {
     Err(Error::Config {
         message: format!(
             "`{url}`: the file backend is not compiled in; enable the `file` feature of dlock-runtime"

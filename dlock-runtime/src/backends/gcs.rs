@@ -13,8 +13,9 @@
 //! increasing. Waiters poll with metadata reads, because GCS allows about one write per second
 //! to one object.
 
-use super::record_store::{self, Condition, ConditionalStore, Write};
-use crate::backend::{Capabilities, Holder, Lease, Version};
+use super::object_record;
+use super::protocol::{Condition, ConditionalStore, Write};
+use crate::backend::{Capabilities, Holder, Lease, Owner, Version};
 use crate::{Error, LockName};
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::Error as GcsError;
@@ -22,6 +23,7 @@ use gcloud_storage::http::buckets::get::GetBucketRequest;
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use std::fmt;
 use tokio::sync::OnceCell;
@@ -97,8 +99,8 @@ impl GcsBuilder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<GcsBackend, Error> {
-        record_store::check_bucket(KIND, &self.bucket, "gs", "DLOCK_GCS_BUCKET")?;
-        let prefix = record_store::check_prefix(KIND, &self.prefix)?;
+        object_record::check_bucket(KIND, &self.bucket, "gs", "DLOCK_GCS_BUCKET")?;
+        let prefix = object_record::check_prefix(KIND, &self.prefix)?;
         Ok(GcsBackend {
             settings: self,
             prefix,
@@ -134,7 +136,7 @@ impl GcsBackend {
 
     /// `gs://bucket/prefix`, with the rest from the environment.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let (bucket, prefix) = record_store::split_url(url, "gs");
+        let (bucket, prefix) = object_record::split_url(url, "gs");
         let mut builder = GcsBackend::from_env().bucket(bucket);
         if !prefix.is_empty() {
             builder = builder.prefix(prefix);
@@ -144,7 +146,7 @@ impl GcsBackend {
 
     /// The object name of a lock.
     pub fn object_for(&self, name: &LockName) -> String {
-        record_store::key(&self.prefix, name)
+        object_record::key(&self.prefix, name)
     }
 
     async fn client(&self) -> Result<&Client, Error> {
@@ -152,13 +154,29 @@ impl GcsBackend {
     }
 
     async fn connect(&self) -> Result<Client, Error> {
+        // Every request is bounded here too (the runtime also bounds each call by its deadline).
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| {
+                Error::permanent(KIND, format!("cannot build the HTTP client: {e}"), None)
+            })?;
+        let http = Some(reqwest_middleware::ClientBuilder::new(http).build());
         let config = match &self.settings.endpoint {
             Some(endpoint) => ClientConfig {
                 storage_endpoint: endpoint.trim_end_matches('/').to_string(),
+                http,
                 ..ClientConfig::default()
             }
             .anonymous(),
-            None => ClientConfig::default().with_auth().await.map_err(|e| {
+            None => ClientConfig {
+                http,
+                ..ClientConfig::default()
+            }
+            .with_auth()
+            .await
+            .map_err(|e| {
                 Error::permanent(
                     KIND,
                     format!(
@@ -177,14 +195,14 @@ impl GcsBackend {
         client
             .get_bucket(&request)
             .await
-            .map_err(|e| self.error(CHECK_BUCKET, e))?;
+            .map_err(|e| self.error(Doing::CheckBucket, e))?;
         Ok(client)
     }
 
-    fn error(&self, doing: &str, e: GcsError) -> Error {
+    fn error(&self, doing: Doing, e: GcsError) -> Error {
         let bucket = &self.settings.bucket;
         let (temporary, message) = match status(&e) {
-            Some(404) if doing == CHECK_BUCKET => (
+            Some(404) if doing == Doing::CheckBucket => (
                 false,
                 format!(
                     "bucket `{bucket}` does not exist (or this endpoint does not have it); create it or fix the name"
@@ -214,11 +232,31 @@ impl GcsBackend {
                 ),
             ),
         };
-        Error::backend(KIND, temporary, message, Some(Box::new(e)))
+        Error::backend_failure(KIND, temporary, message, Some(Box::new(e)))
     }
 }
 
-const CHECK_BUCKET: &str = "checking the bucket";
+/// What a request was doing, for error messages and for how its statuses are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Doing {
+    CheckBucket,
+    Write,
+    Read,
+    Delete,
+    List,
+}
+
+impl fmt::Display for Doing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Doing::CheckBucket => "checking the bucket",
+            Doing::Write => "writing the lock object",
+            Doing::Read => "reading the lock object",
+            Doing::Delete => "deleting the lock object",
+            Doing::List => "listing lock objects",
+        })
+    }
+}
 
 /// The HTTP status of a failed request, where the server answered.
 fn status(e: &GcsError) -> Option<u16> {
@@ -229,9 +267,15 @@ fn status(e: &GcsError) -> Option<u16> {
     }
 }
 
+/// A version as a GCS generation. Versions come from GCS itself, so anything else is a
+/// version made up elsewhere (a caller's typo in a forced release): refused, not a lost lock.
 fn generation(version: &Version) -> Result<i64, Error> {
-    version.as_str().parse().map_err(|_| Error::Lost {
-        name: format!("(a GCS lease with the non-numeric generation {version})"),
+    version.as_str().parse().map_err(|_| {
+        Error::permanent(
+            KIND,
+            format!("`{version}` is not a GCS generation (a number); use the version `dlock status` shows"),
+            None,
+        )
     })
 }
 
@@ -262,12 +306,12 @@ impl ConditionalStore for GcsBackend {
         let object = Object {
             name: self.object_for(&lease.name),
             content_type: Some("text/plain".into()),
-            metadata: Some(record_store::metadata(lease)),
+            metadata: Some(object_record::metadata(lease)),
             ..Object::default()
         };
         let upload = UploadType::Multipart(Box::new(object));
         match client
-            .upload_object(&request, record_store::body(lease), &upload)
+            .upload_object(&request, object_record::body(lease), &upload)
             .await
         {
             Ok(object) => Ok(Write::Done {
@@ -276,7 +320,7 @@ impl ConditionalStore for GcsBackend {
             }),
             // 412: the generation did not match. 404: a conditional target is gone.
             Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(Write::Refused(None)),
-            Err(e) => Err(self.error("writing the lock object", e)),
+            Err(e) => Err(self.error(Doing::Write, e)),
         }
     }
 
@@ -288,24 +332,24 @@ impl ConditionalStore for GcsBackend {
             ..GetObjectRequest::default()
         };
         match client.get_object(&request).await {
-            Ok(object) => {
-                let version = Version::new(object.generation.to_string());
-                Ok(Some(record_store::holder(
-                    object.metadata.as_ref(),
-                    version,
-                )))
-            }
+            Ok(object) => Ok(Some(holder_of(&object))),
             Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.error("reading the lock object", e)),
+            Err(e) => Err(self.error(Doing::Read, e)),
         }
     }
 
-    async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
+    async fn delete(
+        &self,
+        name: &LockName,
+        version: &Version,
+        _owner: Option<&Owner>,
+    ) -> Result<bool, Error> {
+        // A generation names one write of one owner: the version alone decides.
         let client = self.client().await?;
         let request = DeleteObjectRequest {
             bucket: self.settings.bucket.clone(),
-            object: self.object_for(&lease.name),
-            if_generation_match: Some(generation(&lease.version)?),
+            object: self.object_for(name),
+            if_generation_match: Some(generation(version)?),
             ..DeleteObjectRequest::default()
         };
         match client.delete_object(&request).await {
@@ -313,9 +357,42 @@ impl ConditionalStore for GcsBackend {
             Ok(()) => Ok(true),
             Err(e) if status(&e) == Some(404) => Ok(true),
             Err(e) if status(&e) == Some(412) => Ok(false),
-            Err(e) => Err(self.error("deleting the lock object", e)),
+            Err(e) => Err(self.error(Doing::Delete, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error> {
+        let client = self.client().await?;
+        let mut held = Vec::new();
+        let mut request = ListObjectsRequest {
+            bucket: self.settings.bucket.clone(),
+            prefix: Some(object_record::key_prefix(&self.prefix, prefix)),
+            ..ListObjectsRequest::default()
+        };
+        loop {
+            let page = client
+                .list_objects(&request)
+                .await
+                .map_err(|e| self.error(Doing::List, e))?;
+            // Listing returns each object's metadata: no request per lock.
+            for object in page.items.unwrap_or_default() {
+                let name =
+                    object_record::name(object.metadata.as_ref(), &object.name, &self.prefix);
+                if let Some(name) = name.filter(|n| n.as_str().starts_with(prefix)) {
+                    held.push((name, holder_of(&object)));
+                }
+            }
+            match page.next_page_token {
+                Some(token) => request.page_token = Some(token),
+                None => return Ok(held),
+            }
         }
     }
 }
 
-record_store::conditional_store_backend!(GcsBackend);
+fn holder_of(object: &Object) -> Holder {
+    object_record::holder(
+        object.metadata.as_ref(),
+        Version::new(object.generation.to_string()),
+    )
+}

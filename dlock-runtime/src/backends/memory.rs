@@ -7,6 +7,7 @@ use crate::{Error, LockName};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
 
 /// Locks in a map in this process. Clones share the map.
 ///
@@ -39,6 +40,24 @@ struct State {
     /// The last fencing token per name; kept after release so tokens never repeat.
     tokens: HashMap<LockName, u64>,
     next_version: u64,
+    /// Woken on every change of a lock some waiter watches.
+    changes: HashMap<LockName, Arc<Notify>>,
+}
+
+impl State {
+    /// Wakes the waiters of `name` (after a release, takeover or renewal).
+    fn changed(&mut self, name: &LockName) {
+        if let Some(notify) = self.changes.get(name) {
+            notify.notify_waiters();
+            if Arc::strong_count(notify) == 1 {
+                self.changes.remove(name);
+            }
+        }
+    }
+
+    fn version_of(&self, name: &LockName) -> Option<String> {
+        self.locks.get(name).map(|r| r.version.to_string())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +70,17 @@ struct Record {
 }
 
 impl Record {
+    fn lease(&self, name: &LockName) -> Lease {
+        Lease {
+            name: name.clone(),
+            owner: self.owner.clone(),
+            version: Version::new(self.version.to_string()),
+            ttl: self.ttl,
+            fencing_token: Some(self.token),
+            acquired_at: self.acquired_at,
+        }
+    }
+
     fn holder(&self) -> Holder {
         Holder {
             owner: self.owner.clone(),
@@ -76,15 +106,13 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The record of `lease` if `lease` is still the current one.
+    /// The record of `lease` if `lease` is still the current one. Like the remote stores'
+    /// read-back rule, the owner id decides: only this acquisition can have written a record
+    /// with it, so a newer version of its own (a renewal whose answer the caller never saw)
+    /// is still its own.
     fn owned<'a>(state: &'a mut State, lease: &Lease) -> Result<&'a mut Record, Error> {
         match state.locks.get_mut(&lease.name) {
-            Some(r)
-                if r.owner.id == lease.owner.id
-                    && r.version.to_string() == lease.version.as_str() =>
-            {
-                Ok(r)
-            }
+            Some(r) if r.owner.id == lease.owner.id => Ok(r),
             _ => Err(Error::Lost {
                 name: lease.name.to_string(),
             }),
@@ -95,6 +123,7 @@ impl MemoryBackend {
         let mut state = self.state();
         Self::owned(&mut state, lease)?;
         state.locks.remove(&lease.name);
+        state.changed(&lease.name);
         Ok(())
     }
 }
@@ -109,6 +138,8 @@ impl Backend for MemoryBackend {
         Capabilities {
             leases: true,
             fencing_tokens: true,
+            notified_waiting: true,
+            local_calls: true,
             ..Capabilities::default()
         }
     }
@@ -116,6 +147,10 @@ impl Backend for MemoryBackend {
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
         let mut state = self.state();
         if let Some(current) = state.locks.get(&request.name) {
+            if current.owner.id == request.owner.id {
+                // This acquisition's own earlier write (whose answer the caller never saw).
+                return Ok(AcquireOutcome::Acquired(current.lease(&request.name)));
+            }
             let stale =
                 request.replace.as_ref().map(Version::as_str) == Some(&current.version.to_string());
             if !stale {
@@ -133,15 +168,10 @@ impl Backend for MemoryBackend {
             ttl: request.ttl,
             acquired_at: SystemTime::now(),
         };
-        state.locks.insert(request.name.clone(), record.clone());
-        Ok(AcquireOutcome::Acquired(Lease {
-            name: request.name.clone(),
-            owner: record.owner,
-            version: Version::new(version.to_string()),
-            ttl: record.ttl,
-            fencing_token: Some(record.token),
-            acquired_at: record.acquired_at,
-        }))
+        let lease = record.lease(&request.name);
+        state.locks.insert(request.name.clone(), record);
+        state.changed(&request.name);
+        Ok(AcquireOutcome::Acquired(lease))
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
@@ -151,6 +181,7 @@ impl Backend for MemoryBackend {
         let record = Self::owned(&mut state, lease)?;
         record.version = version;
         record.ttl = ttl;
+        state.changed(&lease.name);
         Ok(Lease {
             version: Version::new(version.to_string()),
             ttl,
@@ -164,6 +195,59 @@ impl Backend for MemoryBackend {
 
     async fn inspect(&self, name: &LockName) -> Result<Option<Holder>, Error> {
         Ok(self.state().locks.get(name).map(Record::holder))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error> {
+        let state = self.state();
+        let mut held: Vec<(LockName, Holder)> = state
+            .locks
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with(prefix))
+            .map(|(name, record)| (name.clone(), record.holder()))
+            .collect();
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(held)
+    }
+
+    async fn force_release(&self, name: &LockName, version: &Version) -> Result<(), Error> {
+        let mut state = self.state();
+        match state.locks.get(name) {
+            None => Ok(()),
+            Some(r) if r.version.to_string() == version.as_str() => {
+                state.locks.remove(name);
+                state.changed(name);
+                Ok(())
+            }
+            Some(r) => Err(Error::Changed {
+                name: name.to_string(),
+                expected: version.clone(),
+                holder: Some(Box::new(r.holder())),
+            }),
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        name: &LockName,
+        seen: &Version,
+        _since: std::time::Instant,
+    ) -> Result<(), Error> {
+        let notify = {
+            let mut state = self.state();
+            if state.version_of(name).as_deref() != Some(seen.as_str()) {
+                return Ok(());
+            }
+            state.changes.entry(name.clone()).or_default().clone()
+        };
+        // Registered before the state is looked at again, so a change in between still wakes.
+        let changed = notify.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if self.state().version_of(name).as_deref() != Some(seen.as_str()) {
+            return Ok(());
+        }
+        changed.await;
+        Ok(())
     }
 
     fn release_now(&self, lease: &Lease) -> Option<Result<(), Error>> {

@@ -13,12 +13,14 @@ pub mod gcs;
 pub mod memory;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;
+#[cfg(any(feature = "s3", feature = "gcs"))]
+mod object_record;
 #[cfg(any(
     feature = "s3",
     feature = "gcs",
     feature = "dynamodb",
     feature = "mongodb"
 ))]
-mod record_store;
+mod protocol;
 #[cfg(feature = "s3")]
 pub mod s3;

@@ -8,21 +8,29 @@
 //! depends on them. An optional TTL index removes records unused for a long time; correctness
 //! never relies on it (a removed record restarts its fencing tokens, so keep it long).
 
-use super::record_store::{self, Condition, ConditionalStore, Write};
+use super::protocol::{Condition, ConditionalStore, Write};
 use crate::backend::{Capabilities, Holder, Lease, Owner, Version};
 use crate::{Error, LockName};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReturnDocument,
+    WriteConcern,
+};
 use mongodb::{Client, Collection, IndexModel};
 use std::fmt;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::OnceCell;
 
 const KIND: &str = "mongodb";
 /// The collection used when none is configured.
 pub const DEFAULT_COLLECTION: &str = "dlock_locks";
 const DUPLICATE_KEY: i32 = 11000;
+/// The shortest `gc_after`: an hour.
+const MIN_GC_AFTER: Duration = Duration::from_secs(3600);
+/// MongoDB's TTL monitor runs about once a minute, so it can remove a record up to a minute
+/// late, never early; a held record is rewritten every third of its ttl.
+const TTL_MONITOR_PERIOD: Duration = Duration::from_secs(60);
 
 /// Locks as documents of a MongoDB collection.
 ///
@@ -117,6 +125,19 @@ impl MongoBuilder {
                     .into(),
             });
         }
+        if let Some(after) = self.gc_after
+            && after < MIN_GC_AFTER
+        {
+            return Err(Error::Config {
+                message: format!(
+                    "mongodb: gc_after is {}, shorter than the smallest allowed ({}): the \
+                     server's TTL monitor deletes records not written for that long, and a \
+                     deleted record restarts its fencing tokens; use days, not minutes",
+                    humantime::format_duration(after),
+                    humantime::format_duration(MIN_GC_AFTER)
+                ),
+            });
+        }
         if self.collection.is_empty() || self.collection.contains('$') {
             return Err(Error::Config {
                 message: format!("mongodb: `{}` is not a collection name", self.collection),
@@ -185,15 +206,28 @@ impl MongoBackend {
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(5));
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(5));
         options.app_name.get_or_insert_with(|| "dlock".to_string());
         let database = options
             .default_database
             .clone()
             .unwrap_or_else(|| "dlock".to_string());
         let client = Client::with_options(options).map_err(|e| self.error("connecting", e))?;
+        // Majority writes and reads: an acquisition a failover could roll back is no lock.
+        let durable = CollectionOptions::builder()
+            .write_concern(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Majority)
+                    .journal(true)
+                    .build(),
+            )
+            .read_concern(ReadConcern::majority())
+            .build();
         let collection = client
             .database(&database)
-            .collection::<Document>(&self.settings.collection);
+            .collection_with_options::<Document>(&self.settings.collection, durable);
         if let Some(after) = self.settings.gc_after {
             let index = IndexModel::builder()
                 .keys(doc! { "seen_at": 1 })
@@ -241,7 +275,7 @@ impl MongoBackend {
             }
             _ => (false, format!("{doing}: {e}")),
         };
-        Error::backend(KIND, temporary, message, Some(Box::new(e)))
+        Error::backend_failure(KIND, temporary, message, Some(Box::new(e)))
     }
 }
 
@@ -275,14 +309,14 @@ fn holder(document: Option<&Document>) -> Option<Holder> {
             .get_datetime("acquired_at")
             .ok()
             .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            .map(crate::time::from_unix_millis),
         ttl: number("ttl_ms").map(Duration::from_millis),
         fencing_token: number("fencing_token"),
     })
 }
 
 fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(crate::time::millis(d)).unwrap_or(i64::MAX)
 }
 
 #[async_trait::async_trait]
@@ -305,8 +339,24 @@ impl ConditionalStore for MongoBackend {
     }
 
     async fn write(&self, lease: &Lease, condition: Condition<'_>) -> Result<Write, Error> {
+        if let Some(after) = self.settings.gc_after {
+            // A held record is rewritten every third of its ttl; the TTL index must never
+            // delete it in between.
+            if lease.ttl.saturating_add(TTL_MONITOR_PERIOD) >= after {
+                return Err(Error::Config {
+                    message: format!(
+                        "mongodb: the lease of `{}` ({}) is too long for gc_after ({}): the TTL \
+                         index could delete a held lock's record; make gc_after longer than any \
+                         ttl plus a minute",
+                        lease.name,
+                        humantime::format_duration(lease.ttl),
+                        humantime::format_duration(after)
+                    ),
+                });
+            }
+        }
         let collection = self.collection().await?;
-        let version = Owner::generate().id;
+        let version = crate::backend::random_id();
         let name = lease.name.as_str();
         let (filter, update, upsert) = match condition {
             Condition::Free | Condition::Replace(_) => {
@@ -366,9 +416,17 @@ impl ConditionalStore for MongoBackend {
         Ok(holder(document.as_ref()))
     }
 
-    async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
+    async fn delete(
+        &self,
+        name: &LockName,
+        version: &Version,
+        owner: Option<&Owner>,
+    ) -> Result<bool, Error> {
         let collection = self.collection().await?;
-        let filter = doc! { "_id": lease.name.as_str(), "owner": &lease.owner.id, "record_version": lease.version.as_str() };
+        let mut filter = doc! { "_id": name.as_str(), "record_version": version.as_str() };
+        if let Some(owner) = owner {
+            filter.insert("owner", owner.id.as_str());
+        }
         // Keep the document and its fencing counter: tokens go on increasing after release.
         let update = doc! {
             "$unset": { "owner": "", "host": "", "pid": "", "ttl_ms": "", "record_version": "", "acquired_at": "" },
@@ -381,9 +439,37 @@ impl ConditionalStore for MongoBackend {
         if result.matched_count == 1 {
             return Ok(true);
         }
-        // Free already (a retry of our own release): fine. Someone else's: lost.
-        Ok(self.read(&lease.name).await?.is_none())
+        // Free already (a retry of our own release): fine. Someone else's: no.
+        Ok(self.read(name).await?.is_none())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error> {
+        let collection = self.collection().await?;
+        // `_id` order from the prefix on: the first name without the prefix ends the list.
+        let mut cursor = collection
+            .find(doc! { "_id": { "$gte": prefix }, "owner": { "$type": "string" } })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.error("listing the lock records", e))?;
+        let mut held = Vec::new();
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| self.error("listing the lock records", e))?
+        {
+            let document = cursor
+                .deserialize_current()
+                .map_err(|e| self.error("listing the lock records", e))?;
+            let Ok(id) = document.get_str("_id") else {
+                continue;
+            };
+            if !id.starts_with(prefix) {
+                break;
+            }
+            if let (Ok(name), Some(holder)) = (LockName::new(id), holder(Some(&document))) {
+                held.push((name, holder));
+            }
+        }
+        Ok(held)
     }
 }
-
-record_store::conditional_store_backend!(MongoBackend);

@@ -8,8 +8,9 @@
 //! that had succeeded; the record is then read back and decided by owner id.
 
 use super::aws::AwsSettings;
-use super::record_store::{self, Condition, ConditionalStore, Write};
-use crate::backend::{Capabilities, Holder, Lease, Version};
+use super::object_record;
+use super::protocol::{Condition, ConditionalStore, Write};
+use crate::backend::{Capabilities, Holder, Lease, Owner, Version};
 use crate::{Error, LockName};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -18,7 +19,28 @@ use std::fmt;
 use tokio::sync::OnceCell;
 
 const KIND: &str = "s3";
-const CHECK_BUCKET: &str = "checking the bucket";
+
+/// What a request was doing, for error messages and for how its statuses are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Doing {
+    CheckBucket,
+    Write,
+    Read,
+    Delete,
+    List,
+}
+
+impl std::fmt::Display for Doing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Doing::CheckBucket => "checking the bucket",
+            Doing::Write => "writing the lock record",
+            Doing::Read => "reading the lock record",
+            Doing::Delete => "deleting the lock record",
+            Doing::List => "listing lock records",
+        })
+    }
+}
 
 /// Locks as objects in an S3 bucket, under a key prefix.
 ///
@@ -93,8 +115,8 @@ impl S3Builder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<S3Backend, Error> {
-        record_store::check_bucket(KIND, &self.bucket, "s3", "DLOCK_S3_BUCKET")?;
-        let prefix = record_store::check_prefix(KIND, &self.prefix)?;
+        object_record::check_bucket(KIND, &self.bucket, "s3", "DLOCK_S3_BUCKET")?;
+        let prefix = object_record::check_prefix(KIND, &self.prefix)?;
         Ok(S3Backend {
             settings: self,
             prefix,
@@ -121,7 +143,7 @@ impl S3Backend {
 
     /// `s3://bucket/prefix`, with the rest from the environment.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let (bucket, prefix) = record_store::split_url(url, "s3");
+        let (bucket, prefix) = object_record::split_url(url, "s3");
         let mut builder = S3Backend::from_env().bucket(bucket);
         if !prefix.is_empty() {
             builder = builder.prefix(prefix);
@@ -131,7 +153,7 @@ impl S3Backend {
 
     /// The object key of a lock.
     pub fn key_for(&self, name: &LockName) -> String {
-        record_store::key(&self.prefix, name)
+        object_record::key(&self.prefix, name)
     }
 
     async fn client(&self) -> Result<&Client, Error> {
@@ -151,13 +173,13 @@ impl S3Backend {
             .bucket(&s.bucket)
             .send()
             .await
-            .map_err(|e| self.error(CHECK_BUCKET, e))?;
+            .map_err(|e| self.error(Doing::CheckBucket, e))?;
         Ok(client)
     }
 
     /// Maps an SDK error to dlock's: by HTTP status where S3 answered (it does not model 409
     /// or 412), by the kind of failure where it did not.
-    fn error<E>(&self, doing: &str, e: SdkError<E>) -> Error
+    fn error<E>(&self, doing: Doing, e: SdkError<E>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -171,7 +193,7 @@ impl S3Backend {
         let detail = DisplayErrorContext(&e).to_string();
         let unreachable = super::aws::unreachable(&e);
         let (temporary, message) = match status {
-            Some(404) if code == "NoSuchBucket" || doing == CHECK_BUCKET => (
+            Some(404) if code == "NoSuchBucket" || doing == Doing::CheckBucket => (
                 false,
                 format!(
                     "bucket `{bucket}` does not exist (or this endpoint does not have it); create it or fix the name"
@@ -185,6 +207,8 @@ impl S3Backend {
                     self.prefix
                 ),
             ),
+            // A 400 RequestTimeout (the connection idled too long) is worth a retry.
+            Some(400) if code == "RequestTimeout" => (true, format!("{doing}: {detail}")),
             Some(301 | 400) => (
                 false,
                 format!(
@@ -207,7 +231,7 @@ impl S3Backend {
                 ),
             ),
         };
-        Error::backend(KIND, temporary, message, Some(Box::new(e)))
+        Error::backend_failure(KIND, temporary, message, Some(Box::new(e)))
     }
 }
 
@@ -233,9 +257,9 @@ impl ConditionalStore for S3Backend {
             .put_object()
             .bucket(&self.settings.bucket)
             .key(self.key_for(&lease.name))
-            .set_metadata(Some(record_store::metadata(lease)))
+            .set_metadata(Some(object_record::metadata(lease)))
             .content_type("text/plain")
-            .body(ByteStream::from(record_store::body(lease)));
+            .body(ByteStream::from(object_record::body(lease)));
         put = match expected {
             None => put.if_none_match("*"),
             Some(version) => put.if_match(version.as_str()),
@@ -247,35 +271,30 @@ impl ConditionalStore for S3Backend {
             }),
             // 412: the condition failed. 404: an If-Match target is gone.
             Err(e) if matches!(status(&e), Some(412 | 404)) => Ok(Write::Refused(None)),
-            Err(e) => Err(self.error("writing the lock record", e)),
+            Err(e) => Err(self.error(Doing::Write, e)),
         }
     }
 
     async fn read(&self, name: &LockName) -> Result<Option<Holder>, Error> {
-        let client = self.client().await?;
-        match client
-            .head_object()
-            .bucket(&self.settings.bucket)
-            .key(self.key_for(name))
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let version = Version::new(out.e_tag().unwrap_or_default());
-                Ok(Some(record_store::holder(out.metadata(), version)))
-            }
-            Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.error("reading the lock record", e)),
-        }
+        Ok(self
+            .head(&self.key_for(name))
+            .await?
+            .map(|(holder, _)| holder))
     }
 
-    async fn delete(&self, lease: &Lease) -> Result<bool, Error> {
+    async fn delete(
+        &self,
+        name: &LockName,
+        version: &Version,
+        _owner: Option<&Owner>,
+    ) -> Result<bool, Error> {
+        // The ETag names one write of one owner: the version alone decides.
         let client = self.client().await?;
         let result = client
             .delete_object()
             .bucket(&self.settings.bucket)
-            .key(self.key_for(&lease.name))
-            .if_match(lease.version.as_str())
+            .key(self.key_for(name))
+            .if_match(version.as_str())
             .send()
             .await;
         match result {
@@ -283,7 +302,59 @@ impl ConditionalStore for S3Backend {
             // Gone: nothing of anyone else's was touched (also the SDK retrying our own delete).
             Err(e) if status(&e) == Some(404) => Ok(true),
             Err(e) if status(&e) == Some(412) => Ok(false),
-            Err(e) => Err(self.error("deleting the lock record", e)),
+            Err(e) => Err(self.error(Doing::Delete, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(LockName, Holder)>, Error> {
+        let client = self.client().await?;
+        let key_prefix = object_record::key_prefix(&self.prefix, prefix);
+        let mut held = Vec::new();
+        let mut token = None;
+        loop {
+            let page = client
+                .list_objects_v2()
+                .bucket(&self.settings.bucket)
+                .prefix(&key_prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.error(Doing::List, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                // Listing has no metadata: one HEAD per lock for its holder and name.
+                if let Some((holder, Some(name))) = self.head(key).await?
+                    && name.as_str().starts_with(prefix)
+                {
+                    held.push((name, holder));
+                }
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(held);
+            }
+        }
+    }
+}
+
+impl S3Backend {
+    /// The holder and lock name of the record at `key`, `None` if there is none.
+    async fn head(&self, key: &str) -> Result<Option<(Holder, Option<LockName>)>, Error> {
+        let client = self.client().await?;
+        match client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let version = Version::new(out.e_tag().unwrap_or_default());
+                let name = object_record::name(out.metadata(), key, &self.prefix);
+                Ok(Some((object_record::holder(out.metadata(), version), name)))
+            }
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.error(Doing::Read, e)),
         }
     }
 }
@@ -291,5 +362,3 @@ impl ConditionalStore for S3Backend {
 fn status<E>(e: &SdkError<E>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
-
-record_store::conditional_store_backend!(S3Backend);

@@ -12,6 +12,10 @@
 //! # fn main() {}
 //! ```
 
+mod faulty;
+
+pub use faulty::{Calls, Fault, FaultyBackend};
+
 use crate::backend::{AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner};
 use crate::{Error, Lock, LockGuard, LockName};
 use std::sync::Arc;
