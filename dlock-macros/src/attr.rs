@@ -11,9 +11,9 @@ use syn::{Error, LitStr, Path};
 
 const VALID_KEYS: &str = "name, backend, timeout, ttl, min_hold, cancel_on_loss, crate";
 
-/// A duration option as written, and the value it parsed to.
+/// A duration option as written, and the value it parsed to (`None`: `"forever"`).
 pub(crate) struct DurationArg {
-    pub value: Duration,
+    pub value: Option<Duration>,
     pub span: Span,
 }
 
@@ -78,15 +78,15 @@ impl Args {
                 set_once(&mut self.backend, lit, &key, span)
             }
             "timeout" => {
-                let d = duration_value(meta, &key, true)?;
+                let d = duration_value(meta, &key, Zero::OneAttempt)?;
                 set_once(&mut self.timeout, d, &key, span)
             }
             "ttl" => {
-                let d = duration_value(meta, &key, false)?;
+                let d = duration_value(meta, &key, Zero::Refused)?;
                 set_once(&mut self.ttl, d, &key, span)
             }
             "min_hold" => {
-                let d = duration_value(meta, &key, false)?;
+                let d = duration_value(meta, &key, Zero::Refused)?;
                 set_once(&mut self.min_hold, d, &key, span)
             }
             "cancel_on_loss" => {
@@ -150,19 +150,42 @@ fn string_value(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<LitStr> {
     }
 }
 
-fn duration_value(
-    meta: &ParseNestedMeta<'_>,
-    key: &str,
-    zero_allowed: bool,
-) -> syn::Result<DurationArg> {
+/// What a zero duration means for an option.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    /// `timeout = "0s"`: one attempt (and `"forever"` waits without limit).
+    OneAttempt,
+    /// Zero makes no sense (`ttl`, `min_hold`).
+    Refused,
+}
+
+fn duration_value(meta: &ParseNestedMeta<'_>, key: &str, zero: Zero) -> syn::Result<DurationArg> {
     let lit = string_value(meta, key)?;
-    let value = humantime::parse_duration(&lit.value()).map_err(|e| {
+    let text = lit.value();
+    if text.trim() == "forever" {
+        if zero == Zero::OneAttempt {
+            return Ok(DurationArg {
+                value: None,
+                span: lit.span(),
+            });
+        }
+        return Err(Error::new(
+            lit.span(),
+            format!("`{key}` cannot be \"forever\"; only `timeout` can"),
+        ));
+    }
+    let hint = if zero == Zero::OneAttempt {
+        "write it like \"500ms\", \"60s\" or \"5m\", or \"forever\""
+    } else {
+        "write it like \"500ms\", \"60s\" or \"5m\""
+    };
+    let value = humantime::parse_duration(&text).map_err(|e| {
         Error::new(
             lit.span(),
-            format!("`{key}` is not a duration ({e}); write it like \"500ms\", \"60s\" or \"5m\""),
+            format!("`{key}` is not a duration ({e}); {hint}"),
         )
     })?;
-    if value.is_zero() && !zero_allowed {
+    if value.is_zero() && zero == Zero::Refused {
         return Err(Error::new(
             lit.span(),
             format!("`{key}` must be greater than zero"),
@@ -178,7 +201,7 @@ fn duration_value(
         ));
     }
     Ok(DurationArg {
-        value,
+        value: Some(value),
         span: lit.span(),
     })
 }

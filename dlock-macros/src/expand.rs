@@ -97,7 +97,9 @@ fn wrap_async(
 ) -> TokenStream {
     let failed = lock_failed(krate, ret);
     // The fake return edge fixes the inner block's output type, so `?` converts errors exactly
-    // as it would in the unwrapped function.
+    // as it would in the unwrapped function. The body's statements go in as they are, not as
+    // a nested block, which would trip `unused_braces` on one-expression bodies.
+    let stmts = &block.stmts;
     let body = quote! {
         async #capture {
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::empty_loop, clippy::let_unit_value, clippy::needless_return)]
@@ -105,7 +107,7 @@ fn wrap_async(
                 let __dlock_fake_return: #ret = loop {};
                 return __dlock_fake_return;
             }
-            #block
+            #(#stmts)*
         }
     };
     let run = if cancel_on_loss {
@@ -193,9 +195,16 @@ fn lock_spec(args: &Args, sig: &Signature, krate: &Path) -> syn::Result<TokenStr
         None => quote!(::core::option::Option::None),
     };
     let duration = |arg: &Option<crate::attr::DurationArg>| match arg {
-        Some(d) => {
-            let millis = d.value.as_millis() as u64;
-            quote_spanned!(d.span=> ::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
+        Some(crate::attr::DurationArg {
+            value: Some(value),
+            span,
+        }) => {
+            // Checked to fit in u64 milliseconds when parsed.
+            let millis = u64::try_from(value.as_millis()).unwrap_or(u64::MAX);
+            quote_spanned!(*span=> ::core::option::Option::Some(::core::time::Duration::from_millis(#millis)))
+        }
+        Some(crate::attr::DurationArg { value: None, span }) => {
+            quote_spanned!(*span=> ::core::option::Option::Some(::core::time::Duration::MAX))
         }
         None => quote!(::core::option::Option::None),
     };
