@@ -3,8 +3,11 @@
 //! Each check uses fresh random lock names, so runs never interfere, and panics with a message
 //! on failure. Nothing is skipped: where a backend does not claim a capability, the check
 //! asserts the guarantee it makes instead (a backend without leases must refuse a takeover and
-//! keep an unrenewed lock; one without fencing tokens must not hand out tokens). A backend's
-//! test file is one macro call:
+//! keep an unrenewed lock; one without fencing tokens must not hand out tokens). Another
+//! process is played by a second handle on the same backend (a distinct `Arc`, so the runtime
+//! treats it as a stranger: no shared local queue). Faults at the trait boundary come from
+//! [`FaultyBackend`]; wire-level faults are for each backend's own tests. A backend's test
+//! file is one macro call:
 //!
 //! ```no_run
 //! // tests/conformance.rs of a backend crate: one #[tokio::test] per check.
@@ -27,8 +30,42 @@ use tokio::time::Instant;
 #[derive(Clone, Debug)]
 pub struct Conformance {
     backend: Arc<dyn Backend>,
+    /// The same backend as another process sees it.
+    other: Arc<dyn Backend>,
     ttl: Duration,
     delete_unconditional: bool,
+}
+
+/// Calls `$m!` with the name of every check, in order: the one list of the checks.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_checks {
+    ($m:path) => {
+        $m!(
+            exclusive_acquire,
+            busy_names_holder,
+            timeout_waits_then_fails,
+            release_then_reacquire,
+            independent_names,
+            waiter_gets_lock_on_release,
+            dropped_guard_releases,
+            inspect_reports_holder,
+            held_past_ttl,
+            stale_holder_cannot_release_or_renew,
+            takeover_waits_a_whole_ttl,
+            lost_lease_is_reported,
+            min_hold_keeps_lock,
+            concurrent_increments_lose_nothing,
+            fencing_tokens_increase,
+            list_shows_held_locks,
+            reads_never_make_an_acquirer_see_busy,
+            stale_force_release_is_refused,
+            loss_is_known_before_takeover,
+            a_blocked_runtime_does_not_starve_renewal,
+            cancellation_never_leaks_a_lock,
+            release_retries_failures
+        );
+    };
 }
 
 /// Generates one `#[tokio::test]` per conformance check for the backend `$make` builds
@@ -46,15 +83,16 @@ macro_rules! conformance_tests {
             async fn suite() -> $crate::conformance::Conformance {
                 $crate::conformance::Conformance::new(::std::sync::Arc::new($make)).with_ttl($ttl)$(.$configure())*
             }
-            $crate::conformance_tests!(@tests exclusive_acquire, busy_names_holder,
-                timeout_waits_then_fails, release_then_reacquire, independent_names,
-                waiter_gets_lock_on_release, dropped_guard_releases, inspect_reports_holder,
-                held_past_ttl, stale_holder_cannot_release_or_renew, takeover_waits_a_whole_ttl,
-                lost_lease_is_reported, min_hold_keeps_lock, concurrent_increments_lose_nothing,
-                fencing_tokens_increase);
+            $crate::__conformance_checks!($crate::__conformance_test_fns);
         }
     };
-    (@tests $($check:ident),*) => {
+}
+
+/// One `#[tokio::test]` per check; used by [`conformance_tests!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test_fns {
+    ($($check:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $check() {
@@ -63,6 +101,19 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// `Conformance::run_all`'s body.
+macro_rules! run_each {
+    ($($check:ident),*) => {
+        async fn run_each(suite: &Conformance) {
+            $(
+                eprintln!("conformance: {}", stringify!($check));
+                suite.$check().await;
+            )*
+        }
+    };
+}
+crate::__conformance_checks!(run_each);
 
 /// A fresh lock name no other run uses.
 pub fn fresh_name(prefix: &str) -> LockName {
@@ -74,10 +125,16 @@ impl Conformance {
     /// The checks for `backend`, with a short lease of 600 ms for the expiry checks.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         Conformance {
+            other: Arc::new(FaultyBackend::new(backend.clone())),
             backend,
             ttl: Duration::from_millis(600),
             delete_unconditional: false,
         }
+    }
+
+    /// Every check, one after the other.
+    pub async fn run_all(&self) {
+        run_each(self).await;
     }
 
     /// For a local stand-in that ignores preconditions on DELETE (fake-gcs-server): the
@@ -140,6 +197,39 @@ impl Conformance {
             .await
     }
 
+    /// Takes `name` as another process would, waiting up to `timeout`.
+    async fn take_as_other(&self, name: &LockName, timeout: Duration) -> Result<LockGuard, Error> {
+        self.lock(name)
+            .timeout(timeout)
+            .acquire_on(self.other.clone())
+            .await
+    }
+
+    /// How long a remote store may take to finish what a cancelled or dropped caller left
+    /// behind (a release, a cleanup): a few round trips.
+    fn settle(&self) -> Duration {
+        if self.caps().local_calls {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    /// Waits until `name` is free, up to `limit`; panics with `why` otherwise.
+    async fn wait_free(&self, name: &LockName, limit: Duration, why: &str) {
+        let until = Instant::now() + limit;
+        loop {
+            let held = self.backend.inspect(name).await.expect("inspect");
+            match held {
+                None => return,
+                Some(h) if Instant::now() >= until => {
+                    panic!("{why}: {name} still held by {} after {limit:?}", h.owner)
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     async fn acquire(&self, name: &LockName) -> LockGuard {
         self.take(name, Duration::ZERO)
             .await
@@ -198,6 +288,11 @@ impl Conformance {
             matches!(err, Error::Busy { .. }),
             "one attempt on a held lock: {err}"
         );
+        let err = self
+            .take_as_other(&name, Duration::ZERO)
+            .await
+            .expect_err("another process acquired a held lock");
+        assert!(matches!(err, Error::Busy { .. }), "{err}");
         guard.release().await.expect("release");
     }
 
@@ -287,7 +382,7 @@ impl Conformance {
             guard.release().await
         });
         let waiter = self
-            .take(&name, Duration::from_secs(10))
+            .take_as_other(&name, Duration::from_secs(10))
             .await
             .expect("waiter acquires after release");
         assert!(
@@ -330,7 +425,7 @@ impl Conformance {
         let guard = self.acquire(&name).await;
         let until = Instant::now() + self.ttl * 3;
         while Instant::now() < until {
-            let waiter = self.take(&name, self.ttl / 4).await;
+            let waiter = self.take_as_other(&name, self.ttl / 4).await;
             assert!(
                 waiter.is_err(),
                 "lock taken over while its holder was alive and renewing"
@@ -365,7 +460,7 @@ impl Conformance {
         let name = fresh_name("stale");
         let stale = self.raw_lease(&name).await; // never renewed: dies after one ttl
         let next = self
-            .take(&name, self.ttl * 10)
+            .take_as_other(&name, self.ttl * 10)
             .await
             .expect("takeover of a stale lock");
         if self.can_check_stale_release("stale_holder_cannot_release_or_renew") {
@@ -439,15 +534,15 @@ impl Conformance {
             .await
             .expect("the guard noticed the loss within three leases");
         assert!(guard.is_lost());
-        if self.can_check_stale_release("lost_lease_is_reported") {
-            let err = guard
-                .release()
-                .await
-                .expect_err("a guard released a lock that was taken from it");
-            assert!(matches!(err, Error::Lost { .. }), "{err}");
-        } else {
-            std::mem::forget(guard); // its release would delete the thief's record here
-        }
+        // A lost guard never touches the record, so this is safe even on a store that ignores
+        // a stale delete's precondition.
+        let err = guard
+            .release()
+            .await
+            .expect_err("a guard released a lock that was taken from it");
+        assert!(matches!(err, Error::Lost { .. }), "{err}");
+        let holder = self.holder(&name).await;
+        assert_eq!(holder.owner, stolen.owner, "the thief still holds it");
         self.backend
             .release(&stolen)
             .await
@@ -465,12 +560,18 @@ impl Conformance {
             .acquire_on(self.backend.clone())
             .await
             .expect("acquire");
-        let release = tokio::spawn(guard.release());
+        let released = Instant::now();
+        guard.release().await.expect("release with min_hold");
+        assert!(
+            released.elapsed() < hold / 2,
+            "release returns at once, even with min_hold left ({:?})",
+            released.elapsed()
+        );
         tokio::time::sleep(hold / 4).await;
         self.assert_busy(&name, "within min_hold after release")
             .await;
         let next = self
-            .take(&name, hold * 10)
+            .take_as_other(&name, hold * 10)
             .await
             .expect("acquire after min_hold");
         assert!(
@@ -478,7 +579,6 @@ impl Conformance {
             "re-acquired after {:?}, inside min_hold {hold:?}",
             start.elapsed()
         );
-        release.await.expect("join").expect("release with min_hold");
         next.release().await.expect("release");
     }
 
@@ -492,15 +592,18 @@ impl Conformance {
         let inside = Arc::new(AtomicUsize::new(0));
         let overlaps = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for _ in 0..TASKS {
+        for task in 0..TASKS {
             let (suite, name) = (self.clone(), name.clone());
             let (counter, inside, overlaps) = (counter.clone(), inside.clone(), overlaps.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..ROUNDS {
-                    let guard = suite
-                        .take(&name, Duration::from_secs(60))
-                        .await
-                        .expect("acquire");
+                    // Half the tasks share this process's queue, half come from "elsewhere".
+                    let guard = if task % 2 == 0 {
+                        suite.take(&name, Duration::from_secs(60)).await
+                    } else {
+                        suite.take_as_other(&name, Duration::from_secs(60)).await
+                    }
+                    .expect("acquire");
                     if inside.fetch_add(1, Ordering::SeqCst) != 0 {
                         overlaps.fetch_add(1, Ordering::SeqCst);
                     }
@@ -554,7 +657,10 @@ impl Conformance {
             let dead = self.raw_lease(&name).await;
             let dead_token = dead.fencing_token.expect("a fencing token");
             assert!(dead_token > last);
-            let next = self.take(&name, self.ttl * 10).await.expect("takeover");
+            let next = self
+                .take_as_other(&name, self.ttl * 10)
+                .await
+                .expect("takeover");
             assert!(
                 next.fencing_token().expect("token") > dead_token,
                 "takeover token must be newer"
@@ -563,22 +669,360 @@ impl Conformance {
         }
     }
 
-    /// Every check, one after the other.
-    pub async fn run_all(&self) {
-        self.exclusive_acquire().await;
-        self.busy_names_holder().await;
-        self.timeout_waits_then_fails().await;
-        self.release_then_reacquire().await;
-        self.independent_names().await;
-        self.waiter_gets_lock_on_release().await;
-        self.dropped_guard_releases().await;
-        self.inspect_reports_holder().await;
-        self.held_past_ttl().await;
-        self.stale_holder_cannot_release_or_renew().await;
-        self.takeover_waits_a_whole_ttl().await;
-        self.lost_lease_is_reported().await;
-        self.min_hold_keeps_lock().await;
-        self.concurrent_increments_lose_nothing().await;
-        self.fencing_tokens_increase().await;
+    /// `list` shows exactly the held locks under a prefix, with the holder `inspect` shows.
+    pub async fn list_shows_held_locks(&self) {
+        let base = fresh_name("list");
+        let prefix = format!("{base}/");
+        let names: Vec<LockName> = ["a", "b"]
+            .iter()
+            .map(|n| LockName::new(format!("{prefix}{n}")).expect("name"))
+            .collect();
+        let decoy = LockName::new(format!("{base}-decoy")).expect("name");
+        let listed = |held: Vec<(LockName, Holder)>| -> Vec<String> {
+            held.into_iter().map(|(n, _)| n.to_string()).collect()
+        };
+        assert!(
+            self.backend.list(&prefix).await.expect("list").is_empty(),
+            "nothing held yet"
+        );
+        let a = self.acquire(&names[0]).await;
+        let b = self.acquire(&names[1]).await;
+        let c = self.acquire(&decoy).await;
+        let held = self.backend.list(&prefix).await.expect("list");
+        assert_eq!(
+            listed(held.clone()),
+            [names[0].to_string(), names[1].to_string()],
+            "the held locks under the prefix, sorted, and nothing else"
+        );
+        for (name, holder) in &held {
+            let seen = self.holder(name).await;
+            assert_eq!(
+                (&holder.owner, &holder.version),
+                (&seen.owner, &seen.version)
+            );
+        }
+        a.release().await.expect("release");
+        assert_eq!(
+            listed(self.backend.list(&prefix).await.expect("list")),
+            [names[1].to_string()]
+        );
+        b.release().await.expect("release");
+        c.release().await.expect("release");
+        assert!(self.backend.list(&prefix).await.expect("list").is_empty());
+    }
+
+    /// `inspect` and `list` never change a lock, and never make a concurrent acquirer see it
+    /// busy.
+    pub async fn reads_never_make_an_acquirer_see_busy(&self) {
+        let name = fresh_name("reads");
+        let rounds = if self.caps().local_calls { 200 } else { 10 };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (backend, name, stop) = (self.other.clone(), name.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    backend.inspect(&name).await.expect("inspect");
+                    backend.list(name.as_str()).await.expect("list");
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        };
+        for round in 0..rounds {
+            match self.take(&name, Duration::ZERO).await {
+                Ok(guard) => guard.release().await.expect("release"),
+                Err(e) => panic!("round {round}: a read made a free lock look busy: {e}"),
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let reads = reader.await.expect("reader");
+        assert!(reads > 0, "the reader ran");
+    }
+
+    /// An operator's forced release frees a lock only at the version they saw: a stale one is
+    /// refused and changes nothing. Without leases, a live holder's lock cannot be forced.
+    pub async fn stale_force_release_is_refused(&self) {
+        let name = fresh_name("force");
+        let first = self.acquire(&name).await;
+        let old = self.holder(&name).await.version;
+        first.release().await.expect("release");
+        let guard = self.acquire(&name).await;
+        let current = self.holder(&name).await;
+        assert_ne!(current.version, old, "a new acquisition is a new version");
+        if self.can_check_stale_release("stale_force_release_is_refused") {
+            let err = self
+                .backend
+                .force_release(&name, &old)
+                .await
+                .expect_err("a stale version freed a newer holder's lock");
+            assert!(matches!(err, Error::Changed { .. }), "{err}");
+            assert_eq!(
+                self.holder(&name).await.owner,
+                current.owner,
+                "a refused forced release changes nothing"
+            );
+        }
+        if !self.caps().leases {
+            let err = self
+                .backend
+                .force_release(&name, &current.version)
+                .await
+                .expect_err("a live holder's OS lock cannot be forced");
+            assert!(!err.is_temporary(), "{err}");
+            guard.release().await.expect("release");
+            self.backend
+                .force_release(&name, &current.version)
+                .await
+                .expect("a free lock is free already");
+            return;
+        }
+        self.backend
+            .force_release(&name, &current.version)
+            .await
+            .expect("the version the operator saw");
+        self.assert_free(&name, "after a forced release").await;
+        self.backend
+            .force_release(&name, &current.version)
+            .await
+            .expect("freeing a free lock again is fine");
+        // The holder learns at its next renewal.
+        tokio::time::timeout(self.ttl * 2, guard.handle().lost())
+            .await
+            .expect("the holder noticed its lock was freed");
+        let err = guard.release().await.expect_err("its lock was freed");
+        assert!(matches!(err, Error::Lost { .. }), "{err}");
+    }
+
+    /// The holder's `is_lost` turns true no later than the earliest moment another process
+    /// can take the lock over: when renewals hang, when acquire answers were lost (the lease is
+    /// dated from the first write that may have landed), and when renewal answers were lost.
+    /// Without leases, a holder whose renewals fail still keeps its lock.
+    pub async fn loss_is_known_before_takeover(&self) {
+        let scenarios: [(&str, Vec<Fault>, Vec<Fault>); 3] = [
+            ("renewals hang", vec![], vec![]),
+            (
+                "three acquire answers lost",
+                vec![Fault::LoseAnswer, Fault::LoseAnswer, Fault::LoseAnswer],
+                vec![],
+            ),
+            (
+                "three renewal answers lost",
+                vec![],
+                vec![Fault::LoseAnswer, Fault::LoseAnswer, Fault::LoseAnswer],
+            ),
+        ];
+        // The scenarios run side by side, each on its own lock.
+        let runs: Vec<_> = scenarios
+            .into_iter()
+            .map(|(what, acquire, renew)| {
+                let suite = self.clone();
+                tokio::spawn(async move { suite.loss_before_takeover(what, acquire, renew).await })
+            })
+            .collect();
+        for run in runs {
+            if let Err(e) = run.await {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+
+    async fn loss_before_takeover(
+        &self,
+        what: &'static str,
+        acquire: Vec<Fault>,
+        renew: Vec<Fault>,
+    ) {
+        let name = fresh_name("invariant");
+        let faulty = Arc::new(FaultyBackend::new(self.backend.clone()));
+        faulty.on_acquire(acquire);
+        faulty.on_renew(renew);
+        faulty.on_every_renewal(Some(Fault::Hang));
+        let acquiring = {
+            let lock = self.lock(&name).timeout(self.ttl * 5);
+            let faulty = faulty.clone();
+            tokio::spawn(async move { lock.acquire_on(faulty).await })
+        };
+        // The waiter starts the moment the holder's first write has landed (its answer may be
+        // lost), so it sees the record as early as any process could.
+        let until = Instant::now() + Duration::from_secs(10);
+        while self
+            .backend
+            .inspect(&name)
+            .await
+            .expect("inspect")
+            .is_none()
+        {
+            assert!(
+                Instant::now() < until,
+                "{what}: the holder's write never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let patience = if self.caps().leases {
+            self.ttl * 10
+        } else {
+            self.ttl * 2
+        };
+        let waiter = {
+            let (suite, name) = (self.clone(), name.clone());
+            tokio::spawn(async move {
+                let guard = suite.take_as_other(&name, patience).await;
+                (guard, Instant::now())
+            })
+        };
+        let holder = acquiring
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{what}: acquire: {e}"));
+        let handle = holder.handle();
+        let lost_at = tokio::spawn(async move {
+            handle.lost().await;
+            Instant::now()
+        });
+        let (taken, taken_at) = waiter.await.expect("waiter");
+        if !self.caps().leases {
+            let err = taken.expect_err("took a live holder's lock");
+            assert!(matches!(err, Error::Timeout { .. }), "{what}: {err}");
+            assert!(!holder.is_lost(), "{what}: an OS lock cannot be lost");
+            holder.release().await.expect("release");
+            lost_at.abort();
+            return;
+        }
+        let taken = taken.unwrap_or_else(|e| panic!("{what}: takeover: {e}"));
+        assert!(
+            holder.is_lost(),
+            "{what}: taken over while the holder thought it held"
+        );
+        let lost_at = lost_at.await.expect("lost");
+        assert!(
+            lost_at <= taken_at,
+            "{what}: the holder knew it was lost {:?} after the takeover",
+            lost_at - taken_at
+        );
+        let err = holder.release().await.expect_err("lost");
+        assert!(matches!(err, Error::Lost { .. }), "{what}: {err}");
+        taken.release().await.expect("release");
+    }
+
+    /// Renewal runs on dlock's own runtime: a holder whose body blocks its current-thread
+    /// runtime for two leases keeps its lock, and no one takes it over meanwhile.
+    pub async fn a_blocked_runtime_does_not_starve_renewal(&self) {
+        let name = fresh_name("blocked");
+        let (acquired_tx, acquired_rx) = tokio::sync::oneshot::channel();
+        let holder = {
+            let (suite, name) = (self.clone(), name.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let guard = suite.acquire(&name).await;
+                    let _ = acquired_tx.send(());
+                    // The body blocks the runtime's only thread.
+                    std::thread::sleep(suite.ttl * 2);
+                    let lost = guard.is_lost();
+                    (lost, guard.release().await)
+                })
+            })
+        };
+        acquired_rx.await.expect("the holder acquired");
+        let err = self
+            .take_as_other(&name, self.ttl * 3 / 2)
+            .await
+            .expect_err("taken over while its holder was blocked but alive");
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        let (lost, released) = tokio::task::spawn_blocking(move || holder.join())
+            .await
+            .expect("join")
+            .expect("holder thread");
+        assert!(!lost, "renewal was starved by the blocked runtime");
+        released.expect("release after the block");
+    }
+
+    /// However a caller is cancelled — waiting in the queue, in the body, in the middle of a
+    /// release, or while its acquiring write is on the way — the lock is free again soon after,
+    /// at once where the backend is local.
+    pub async fn cancellation_never_leaks_a_lock(&self) {
+        let name = fresh_name("cancel");
+        // Waiting: in this process's queue, and as another process.
+        let holder = self.acquire(&name).await;
+        let patience = Duration::from_secs(30);
+        let local = tokio::time::timeout(self.ttl / 4, self.take(&name, patience)).await;
+        assert!(
+            local.is_err(),
+            "the local waiter was cancelled while waiting"
+        );
+        let other = tokio::time::timeout(self.ttl / 4, self.take_as_other(&name, patience)).await;
+        assert!(
+            other.is_err(),
+            "the other waiter was cancelled while waiting"
+        );
+        holder.release().await.expect("release");
+        let next = self
+            .take_as_other(&name, self.settle())
+            .await
+            .expect("cancelled waiters hold nothing");
+        next.release().await.expect("release");
+
+        // In the body: the task holding the guard is aborted.
+        let body = {
+            let (suite, name) = (self.clone(), name.clone());
+            tokio::spawn(async move {
+                let _guard = suite.acquire(&name).await;
+                std::future::pending::<()>().await;
+            })
+        };
+        tokio::time::sleep(self.ttl / 4).await;
+        body.abort();
+        let _ = body.await;
+        if self.caps().local_calls {
+            self.assert_free(&name, "right after the body was cancelled")
+                .await;
+        }
+        self.wait_free(&name, self.settle(), "after the body was cancelled")
+            .await;
+
+        // In the middle of a release.
+        let guard = self.acquire(&name).await;
+        let release = tokio::time::timeout(Duration::from_micros(1), guard.release()).await;
+        drop(release);
+        self.wait_free(&name, self.settle(), "after the release was cancelled")
+            .await;
+
+        // While the acquiring write may be on its way: cancelled at many points.
+        for micros in [0u64, 100, 500, 1_000, 2_000, 5_000, 10_000, 30_000] {
+            let name = fresh_name("cancel-write");
+            let attempt = self.take(&name, Duration::ZERO);
+            match tokio::time::timeout(Duration::from_micros(micros), attempt).await {
+                Ok(Ok(guard)) => guard.release().await.expect("release"),
+                Ok(Err(e)) => panic!("a free lock: {e}"),
+                Err(_) => {}
+            }
+            // Within half a lease another process has it: sooner than any takeover, so only
+            // the cleanup of a write that landed after the caller left can explain it.
+            let again = self
+                .take_as_other(&name, self.ttl / 2)
+                .await
+                .unwrap_or_else(|e| panic!("cancelled at {micros}us, then: {e}"));
+            again.release().await.expect("release");
+        }
+    }
+
+    /// A release that fails for a while is retried until it gets through.
+    pub async fn release_retries_failures(&self) {
+        let name = fresh_name("release-retry");
+        let faulty = Arc::new(FaultyBackend::new(self.backend.clone()));
+        let guard = self
+            .lock(&name)
+            .acquire_on(faulty.clone())
+            .await
+            .expect("acquire");
+        faulty.on_release([Fault::Fail, Fault::Fail]);
+        guard.release().await.expect("released after two failures");
+        assert_eq!(faulty.calls().releases, 3, "{:?}", faulty.calls());
+        self.assert_free(&name, "after a retried release").await;
     }
 }
