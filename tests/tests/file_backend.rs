@@ -274,3 +274,33 @@ fn a_missing_or_unusable_directory_is_a_clear_error() {
 }
 
 use std::os::unix::fs::MetadataExt;
+
+#[tokio::test]
+async fn fencing_tokens_survive_removed_and_damaged_lock_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Arc::new(FileBackend::new(dir.path()).expect("dir"));
+    let name = LockName::new(fresh_name("tokens")).expect("name");
+    let token = |guard: &dlock_runtime::LockGuard| guard.fencing_token().expect("token");
+    let first = Lock::new(name.as_str())
+        .acquire_on(backend.clone())
+        .await
+        .expect("acquire");
+    let t1 = token(&first);
+    first.release().await.expect("release");
+    assert!(!backend.path_for(&name).exists(), "removed on release");
+    // A damaged record in a lock file is not where tokens come from.
+    std::fs::write(backend.path_for(&name), "token=0\ngarbage").expect("damage");
+    let second = Lock::new(name.as_str())
+        .acquire_on(backend.clone())
+        .await
+        .expect("acquire over a damaged record");
+    let t2 = token(&second);
+    assert!(t2 > t1, "{t2} after {t1}");
+    second.release().await.expect("release");
+    let other = Lock::new(fresh_name("tokens-other"))
+        .acquire_on(backend.clone())
+        .await
+        .expect("acquire");
+    assert!(token(&other) > t2, "one counter for the directory");
+    other.release().await.expect("release");
+}

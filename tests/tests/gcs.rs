@@ -179,3 +179,14 @@ fn gs_urls_configure_the_backend() {
     assert!(matches!(err, Error::Config { .. }), "{err}");
     assert!(dlock_runtime::backend_from_url("gs://bucket/prefix").is_ok());
 }
+
+#[tokio::test]
+async fn a_version_that_is_not_a_generation_is_a_clear_error() {
+    let backend = gcs("versions/");
+    let err = backend
+        .force_release(&LockName::new("x").expect("name"), &Version::new("abc"))
+        .await
+        .expect_err("not a generation");
+    assert!(!matches!(err, Error::Lost { .. }), "not a lost lock: {err}");
+    assert!(err.to_string().contains("not a GCS generation"), "{err}");
+}

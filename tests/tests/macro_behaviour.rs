@@ -558,3 +558,142 @@ fn an_unknown_backend_lists_the_registered_ones() {
         "{err}"
     );
 }
+
+#[distributed_lock(name = "nested", timeout = "5s")]
+async fn outer_async() -> Result<(), AppError> {
+    inner_async().await
+}
+
+#[distributed_lock(name = "nested", timeout = "5s")]
+async fn inner_async() -> Result<(), AppError> {
+    Ok(())
+}
+
+#[distributed_lock(name = "nested-sync", timeout = "5s")]
+fn outer_sync() -> Result<(), AppError> {
+    inner_sync()
+}
+
+#[distributed_lock(name = "nested-sync", timeout = "5s")]
+fn inner_sync() -> Result<(), AppError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_nested_acquisition_is_reported_at_once_as_such() {
+    let (registry, _) = memory_registry();
+    let start = std::time::Instant::now();
+    let err = registry.scope(outer_async()).await.unwrap_err();
+    assert!(
+        matches!(err, AppError::Lock(Error::Reentrant { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not re-entrant"), "{err}");
+    let err = registry.scope_sync(outer_sync).unwrap_err();
+    assert!(
+        matches!(err, AppError::Lock(Error::Reentrant { .. })),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "no waiting for itself: {:?}",
+        start.elapsed()
+    );
+    assert!(registry.scope(outer_async()).await.is_err());
+    assert!(
+        registry.scope(inner_async()).await.is_ok(),
+        "the lock was released after the refused nested call"
+    );
+}
+
+#[distributed_lock(name = "single-thread", timeout = "5s")]
+fn sync_waiter() -> Result<(), AppError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_synchronous_wait_that_would_block_the_holders_runtime_is_refused() {
+    let (registry, _) = memory_registry();
+    registry
+        .scope(async {
+            // Another task of this single-threaded runtime holds the lock.
+            let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+            let holder = tokio::spawn(scoped(registry.clone(), async move {
+                let guard = hold("single-thread").await;
+                let _ = held_tx.send(());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                guard.release().await.expect("release");
+            }));
+            held_rx.await.expect("held");
+            let start = std::time::Instant::now();
+            let err = sync_waiter().unwrap_err();
+            assert!(
+                matches!(err, AppError::Lock(Error::WouldDeadlock { .. })),
+                "{err}"
+            );
+            assert!(err.to_string().contains("spawn_blocking"), "{err}");
+            assert!(start.elapsed() < Duration::from_secs(1));
+            holder.await.expect("holder");
+            assert!(sync_waiter().is_ok(), "free again");
+        })
+        .await;
+}
+
+#[distributed_lock(name = "file-min-hold", backend = "file", min_hold = "1s")]
+async fn short_file_job(started: tokio::sync::oneshot::Sender<()>) -> Result<(), AppError> {
+    let _ = started.send(());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancelled_call_with_min_hold_frees_its_file_lock_when_min_hold_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Arc::new(dlock_runtime::FileBackend::new(dir.path()).expect("dir"));
+    let registry = Registry::builder()
+        .backend_arc("file", backend.clone())
+        .build()
+        .expect("registry");
+    let name = LockName::new("file-min-hold").expect("name");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let start = std::time::Instant::now();
+    let call = tokio::spawn(scoped(registry.clone(), short_file_job(started_tx)));
+    started_rx.await.expect("started");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    call.abort();
+    let _ = call.await;
+    assert!(
+        backend.inspect(&name).await.expect("inspect").is_some(),
+        "still held inside min_hold"
+    );
+    loop {
+        if backend.inspect(&name).await.expect("inspect").is_none() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "held {:?} after a call with min_hold = 1s was cancelled",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "not before min_hold ended"
+    );
+}
+
+#[test]
+fn a_huge_name_is_refused_with_a_short_message() {
+    let (registry, _) = memory_registry();
+    registry.scope_sync(|| {
+        let err = runtime_name(&"y".repeat(10_000)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("(10002 bytes in all)"), "{text}");
+        assert!(
+            text.len() < 400,
+            "the message stays short: {} bytes",
+            text.len()
+        );
+    });
+}

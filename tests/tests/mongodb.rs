@@ -94,3 +94,26 @@ fn urls_and_bad_settings() {
         .is_ok()
     );
 }
+
+#[tokio::test]
+async fn gc_after_is_checked_against_the_lease() {
+    let uri = stand_in("DLOCK_TEST_MONGODB_URI");
+    let err = MongoBackend::builder()
+        .uri(&uri)
+        .gc_after(Duration::from_secs(60))
+        .build()
+        .expect_err("a minute is too short");
+    assert!(err.to_string().contains("gc_after"), "{err}");
+    let backend = MongoBackend::builder()
+        .uri(&uri)
+        .collection(format!("gc_{}", &dlock_runtime::Owner::generate().id[..8]))
+        .gc_after(Duration::from_secs(3600))
+        .build()
+        .expect("an hour is fine");
+    let err = Lock::new("long-lease")
+        .ttl(Duration::from_secs(7200))
+        .acquire_on(Arc::new(backend))
+        .await
+        .expect_err("a lease longer than gc_after");
+    assert!(err.to_string().contains("too long for gc_after"), "{err}");
+}

@@ -136,3 +136,51 @@ fn s3_urls_configure_the_backend() {
     assert!(matches!(err, Error::Config { .. }), "{err}");
     assert!(dlock_runtime::backend_from_url("s3://bucket/some/prefix").is_ok());
 }
+
+/// S3 answers 400 RequestTimeout when a request's connection idled too long: a retry helps, so
+/// it is temporary (on the wire: the second PutObject goes out, still conditional).
+#[tokio::test]
+async fn a_400_request_timeout_is_retried() {
+    let timeout = "<?xml version=\"1.0\"?><Error><Code>RequestTimeout</Code><Message>Your socket connection to the server was not read from or written to within the timeout period.</Message></Error>";
+    let recorder = Recorder::start(vec![
+        (200, vec![], ""),                                         // HeadBucket
+        (400, vec![("Content-Type", "application/xml")], timeout), // PutObject
+        (200, vec![("ETag", "\"abc\"")], ""),                      // PutObject again
+    ]);
+    let backend = S3Backend::builder()
+        .bucket("b")
+        .endpoint(&recorder.url)
+        .region("us-east-1")
+        .credentials("test", "test")
+        .build()
+        .expect("settings");
+    let guard = Lock::new("request-timeout")
+        .timeout(Duration::from_secs(10))
+        .acquire_on(Arc::new(backend))
+        .await
+        .expect("acquired after the 400 RequestTimeout");
+    let puts = recorder
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PUT "))
+        .count();
+    assert!(puts >= 2, "retried: {puts} PUTs");
+    std::mem::forget(guard); // the recorder would answer its delete with the PutObject response
+}
+
+#[test]
+fn settings_never_show_the_secret_key() {
+    let builder = S3Backend::builder()
+        .bucket("b")
+        .credentials("AKIAEXAMPLE", "wJalrXUtnFEMI-secret");
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("AKIAEXAMPLE"), "{shown}");
+    assert!(!shown.contains("secret"), "{shown}");
+    let shown = format!(
+        "{:?}",
+        dlock_runtime::DynamoDbBackend::builder()
+            .table("t")
+            .credentials("AKIAEXAMPLE", "wJalrXUtnFEMI-secret")
+    );
+    assert!(!shown.contains("secret"), "{shown}");
+}
