@@ -335,6 +335,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
         std::future::pending().await
     }
 
+    /// The acquisition by `owner` stopped waiting for `name` without getting it (it gave up,
+    /// failed or was cancelled). Backends that keep a place in a queue for a waiter (a mark in
+    /// the kernel, a queue key) give it up here; the default has nothing to give up. Called in
+    /// the background, and only after `try_acquire` answered busy for that owner.
+    async fn stop_waiting(&self, name: &LockName, owner: &Owner) -> Result<(), Error> {
+        let _ = (name, owner);
+        Ok(())
+    }
+
     /// Frees the lock without waiting on I/O, for guards dropped outside async code. Backends
     /// whose release is a local syscall or a map removal return `Some`; the default `None`
     /// makes the guard release in the background.

@@ -286,6 +286,8 @@ struct Attempts<'a> {
     uncertain_since: Option<Instant>,
     /// A remote write still running (the caller stopped waiting for it).
     in_flight: Option<JoinHandle<Result<AcquireOutcome, Error>>>,
+    /// The backend answered busy: it may keep a place in a queue for this owner.
+    waited: bool,
     done: bool,
 }
 
@@ -352,7 +354,8 @@ impl Attempts<'_> {
 
 impl Drop for Attempts<'_> {
     fn drop(&mut self) {
-        if self.done || (self.uncertain_since.is_none() && self.in_flight.is_none()) {
+        if self.done || !(self.waited || self.uncertain_since.is_some() || self.in_flight.is_some())
+        {
             return;
         }
         let cleanup = cleanup(
@@ -361,6 +364,8 @@ impl Drop for Attempts<'_> {
             self.owner.clone(),
             self.ttl,
             self.in_flight.take(),
+            self.waited,
+            self.uncertain_since.is_some(),
         );
         if let Err(e) = self.caller.background.spawn(cleanup) {
             tracing::error!(lock = %self.name, error = %e, "cannot clean up after an interrupted acquisition; a record of it may stay until its lease runs out");
@@ -368,15 +373,31 @@ impl Drop for Attempts<'_> {
     }
 }
 
-/// After an acquisition ended without the lock (cancelled, given up, failed) while one of its
-/// writes may have landed: wait for a write still running, then free any record that is ours.
+/// After an acquisition ended without the lock (cancelled, given up, failed): give up its place
+/// in the backend's queue, and if one of its writes may have landed, wait for a write still
+/// running, then free any record that is ours.
 async fn cleanup(
     caller: Caller,
     name: LockName,
     owner: Owner,
     ttl: Duration,
     in_flight: Option<JoinHandle<Result<AcquireOutcome, Error>>>,
+    waited: bool,
+    uncertain: bool,
 ) {
+    if waited {
+        let deadline = caller.deadline(Instant::now() + caller.call_timeout);
+        let (n, o) = (name.clone(), owner.clone());
+        let stop = caller.call(Operation::Acquire, &name, deadline, move |b| async move {
+            b.stop_waiting(&n, &o).await
+        });
+        if let Err(e) = stop.await {
+            tracing::debug!(lock = %name, error = %e, "could not give up a place in the queue");
+        }
+    }
+    if !uncertain && in_flight.is_none() {
+        return;
+    }
     let lease = match in_flight {
         Some(task) => match task.await {
             Ok(Ok(AcquireOutcome::Acquired(lease))) => Some(lease),
@@ -435,6 +456,7 @@ async fn acquire_loop(
         ttl: s.ttl,
         uncertain_since: None,
         in_flight: None,
+        waited: false,
         done: false,
     };
     let mut delays = s.backoff.delays();
@@ -468,7 +490,10 @@ async fn acquire_loop(
                     attempts.done = true;
                     return Ok((lease, attempts.lease_start(sent)));
                 }
-                Ok(AcquireOutcome::Busy(h)) => Ok(Some(h)),
+                Ok(AcquireOutcome::Busy(h)) => {
+                    attempts.waited = true;
+                    Ok(Some(h))
+                }
                 Err(e) => Err(e),
             }
         } else {

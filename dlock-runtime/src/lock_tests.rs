@@ -434,3 +434,41 @@ async fn no_duration_makes_it_panic() {
         .expect_err("ttl too short to renew");
     assert!(err.to_string().contains("at least 3ms"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiters_of_different_processes_get_the_lock_in_arrival_order() {
+    // Each "process" is its own handle on one memory store: no shared local queue.
+    let store: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let process = || -> Arc<dyn Backend> { Arc::new(FaultyBackend::new(store.clone())) };
+    let first = process();
+    let holder = lock().acquire_on(first.clone()).await.expect("acquire");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 1..=3 {
+        let (backend, order) = (process(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = lock()
+                .timeout(Duration::from_secs(60))
+                .acquire_on(backend)
+                .await
+                .expect("acquire");
+            order.lock().expect("order").push(i);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            guard.release().await.expect("release");
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.release().await.expect("release");
+    // The releaser comes straight back, and must let the three that waited go first.
+    let again = lock()
+        .timeout(Duration::from_secs(60))
+        .acquire_on(first)
+        .await
+        .expect("acquire again");
+    order.lock().expect("order").push(0);
+    again.release().await.expect("release");
+    for waiter in waiters {
+        waiter.await.expect("waiter");
+    }
+    assert_eq!(*order.lock().expect("order"), [1, 2, 3, 0]);
+}

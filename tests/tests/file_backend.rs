@@ -304,3 +304,46 @@ async fn fencing_tokens_survive_removed_and_damaged_lock_files() {
     assert!(token(&other) > t2, "one counter for the directory");
     other.release().await.expect("release");
 }
+
+/// First come, first served across processes: waiters get the lock in the order they started
+/// waiting, and a process that has just released it lets them go first. (Each backend
+/// instance stands for a process: separate instances share no local queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_get_the_lock_in_arrival_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = fresh_name("fifo");
+    let process = || Arc::new(FileBackend::new(dir.path()).expect("dir"));
+    let first = process();
+    let holder = Lock::new(name.as_str())
+        .acquire_on(first.clone())
+        .await
+        .expect("acquire");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 1..=3 {
+        let (backend, order, name) = (process(), order.clone(), name.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = Lock::new(name.as_str())
+                .timeout(Duration::from_secs(30))
+                .acquire_on(backend)
+                .await
+                .expect("acquire");
+            order.lock().expect("order").push(i);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            guard.release().await.expect("release");
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    holder.release().await.expect("release");
+    let again = Lock::new(name.as_str())
+        .timeout(Duration::from_secs(30))
+        .acquire_on(first)
+        .await
+        .expect("acquire again");
+    order.lock().expect("order").push(0);
+    again.release().await.expect("release");
+    for waiter in waiters {
+        waiter.await.expect("waiter");
+    }
+    assert_eq!(*order.lock().expect("order"), [1, 2, 3, 0]);
+}

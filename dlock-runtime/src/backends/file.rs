@@ -18,7 +18,13 @@
 //! - fencing tokens come from one counter file per directory, so removing a lock file (or a
 //!   damaged record) never restarts them;
 //! - reading who holds a lock (status, list) never takes the lock, not even a shared one: the
-//!   kernel's table of locks (`/proc/locks`) says whether a file is locked.
+//!   kernel's table of locks (`/proc/locks`) says whether a file is locked;
+//! - first come, first served across processes: a waiter marks its place with a read lock on one
+//!   byte of the lock file (an open-file-description lock, separate from `flock` and dropped by
+//!   the kernel when the waiter exits) at an offset that is the time it started waiting (the
+//!   machine's boot clock, the same for every process). A free lock goes to the waiter with the
+//!   lowest mark; anyone else, including a process that has just released it, lets that waiter
+//!   have it first, for at most [`YIELD`] (so a stopped waiter cannot hold everyone up).
 
 use crate::backend::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version,
@@ -46,6 +52,9 @@ const MAX_ENCODED: usize = 180;
 const COUNTER: &str = ".dlock-fencing";
 /// How often a lock is retried when its file was removed between opening and locking it.
 const REOPENS: usize = 16;
+/// How long a free lock is left to a waiter that has waited longer: a live waiter woken by the
+/// kernel takes it in microseconds; one that is stopped or starved loses its turn after this.
+pub const YIELD: Duration = Duration::from_millis(20);
 
 /// Locks as `flock(2)` on files in one directory.
 ///
@@ -86,6 +95,16 @@ pub struct FileBackend {
     held: Arc<Mutex<HashMap<String, File>>>,
     /// The fencing counter, opened once.
     counter: Arc<Mutex<Option<File>>>,
+    /// The places of this process's waiters, by owner id.
+    waiting: Arc<Mutex<HashMap<String, Place>>>,
+}
+
+/// A waiter's place in the queue of one lock file: a read lock on the byte at `ticket`, held
+/// through `file` (its own open file description) while it waits.
+#[derive(Debug)]
+struct Place {
+    file: File,
+    ticket: i64,
 }
 
 impl FileBackend {
@@ -109,6 +128,7 @@ impl FileBackend {
             shared,
             held: Arc::default(),
             counter: Arc::default(),
+            waiting: Arc::default(),
         })
     }
 
@@ -158,6 +178,71 @@ impl FileBackend {
         open_lock_file(path, create, self.file_mode()).map_err(|e| io_error(path, e))
     }
 
+    fn waiting(&self) -> MutexGuard<'_, HashMap<String, Place>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks `owner`'s place in the queue of the lock file `file` (keeping the ticket it had,
+    /// if the file was replaced since).
+    fn take_place(&self, owner: &Owner, file: &File) {
+        let mut waiting = self.waiting();
+        let ticket = match waiting.get(&owner.id) {
+            Some(place) if same_inode(&place.file, file) => return,
+            Some(place) => place.ticket,
+            None => boot_micros(),
+        };
+        let Ok(marker) = file.try_clone() else {
+            return;
+        };
+        if set_mark(&marker, ticket).is_ok() {
+            waiting.insert(
+                owner.id.clone(),
+                Place {
+                    file: marker,
+                    ticket,
+                },
+            );
+        }
+    }
+
+    /// Lets a waiter that has waited longer than `owner` (anyone, if `owner` is not waiting)
+    /// take the free lock of `file` first, for at most [`YIELD`]. Returns the holder if
+    /// someone took it meanwhile.
+    async fn yield_to_seniors(
+        &self,
+        owner: &Owner,
+        file: &File,
+        path: &Path,
+    ) -> Result<Option<Holder>, Error> {
+        let ticket = self
+            .waiting()
+            .get(&owner.id)
+            .map_or(i64::MAX, |place| place.ticket);
+        if !marked_below(file, ticket) {
+            return Ok(None);
+        }
+        let watch = Watch::new(path)?;
+        let until = tokio::time::Instant::now() + YIELD;
+        loop {
+            let meta = file.metadata().map_err(|e| io_error(path, e))?;
+            if let Some(Some(pid)) = kernel_lock_pid(&meta) {
+                return Ok(Some(read_holder(file, pid).await));
+            }
+            if !marked_below(file, ticket) || !same_file(file, path) {
+                return Ok(None);
+            }
+            if tokio::time::timeout_at(until, watch.changed())
+                .await
+                .is_err()
+            {
+                tracing::debug!(path = %path.display(), "a waiter that came first did not take the lock in time");
+                return Ok(None);
+            }
+        }
+    }
+
     /// The next fencing token of the directory: strictly greater than every one handed out
     /// before, whatever happened to the lock files.
     fn next_token(&self) -> Result<u64, Error> {
@@ -199,12 +284,19 @@ impl FileBackend {
                 name: lease.name.to_string(),
             })?;
         let path = self.path_for(&lease.name);
-        match std::fs::remove_file(&path) {
+        // Waiters have their places marked on this file: keep it for them (a new file would
+        // lose their order). Otherwise remove it, so files do not pile up.
+        let removed = if marked_below(&file, i64::MAX) {
+            Err(io::Error::from(ErrorKind::AlreadyExists))
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
             Ok(()) => {}
             // Not ours to remove (another user's file in a sticky directory), or gone: leave
             // it, marked free.
             Err(e) => {
-                if e.kind() != ErrorKind::NotFound {
+                if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists) {
                     tracing::debug!(path = %path.display(), error = %e, "left the lock file in place");
                 }
                 if let Err(e) = write_record(&file, None) {
@@ -286,11 +378,16 @@ impl Backend for FileBackend {
             let Some(file) = self.open(&path, true)? else {
                 continue;
             };
+            if let Some(holder) = self.yield_to_seniors(&request.owner, &file, &path).await? {
+                self.take_place(&request.owner, &file);
+                return Ok(AcquireOutcome::Busy(holder));
+            }
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     let meta = file.metadata().map_err(|e| io_error(&path, e))?;
                     let pid = kernel_lock_pid(&meta).flatten().unwrap_or(0);
+                    self.take_place(&request.owner, &file);
                     return Ok(AcquireOutcome::Busy(read_holder(&file, pid).await));
                 }
                 Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
@@ -320,6 +417,8 @@ impl Backend for FileBackend {
                 return Err(io_error(&path, e));
             }
             self.held().insert(request.owner.id.clone(), file);
+            // Its place in the queue is no longer needed: the kernel drops the mark.
+            self.waiting().remove(&request.owner.id);
             return Ok(AcquireOutcome::Acquired(lease));
         }
         Err(Error::temporary(
@@ -432,6 +531,11 @@ impl Backend for FileBackend {
             return Ok(());
         }
         watch.changed().await
+    }
+
+    async fn stop_waiting(&self, _name: &LockName, owner: &Owner) -> Result<(), Error> {
+        self.waiting().remove(&owner.id);
+        Ok(())
     }
 
     fn release_now(&self, lease: &Lease) -> Option<Result<(), Error>> {
@@ -592,6 +696,54 @@ fn check_regular(file: File, meta: &std::fs::Metadata) -> io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Whether two open files are the same file.
+fn same_inode(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Microseconds on the machine's boot clock: the same clock for every process of the machine,
+/// so waiters of different processes can be ordered by when they started waiting.
+fn boot_micros() -> i64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec.saturating_mul(1_000_000) + t.tv_nsec / 1_000
+}
+
+/// An open-file-description lock on the byte at `offset` (`len` 1), or, with `len` 0, a probe
+/// from `offset` to the end of the file.
+fn byte_lock(kind: libc::c_short, offset: i64, len: i64) -> libc::flock {
+    libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: offset,
+        l_len: len,
+        l_pid: 0,
+    }
+}
+
+/// Marks a waiter's place: a read lock on the byte at `ticket`, held by this open file
+/// description until it is closed (or the process exits).
+fn set_mark(file: &File, ticket: i64) -> io::Result<()> {
+    let mark = byte_lock(libc::F_RDLCK as libc::c_short, ticket, 1);
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&mark))
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// Whether another open file description marks a place below `ticket` on this file.
+fn marked_below(file: &File, ticket: i64) -> bool {
+    if ticket <= 0 {
+        return false;
+    }
+    let mut probe = byte_lock(libc::F_WRLCK as libc::c_short, 0, ticket);
+    match nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe)) {
+        Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
+        Err(_) => false,
+    }
 }
 
 /// Whether the open `file` is the one at `path` now (not removed or replaced).

@@ -9,6 +9,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
+/// How long a free lock is left to a waiter that has waited longer (first come, first served).
+const YIELD: Duration = Duration::from_millis(20);
+
+/// What an attempt found.
+enum Attempt {
+    Done(AcquireOutcome),
+    /// Free, but a waiter that came first should have it.
+    Yield,
+}
+
 /// Locks in a map in this process. Clones share the map.
 ///
 /// Records have leases like a remote store's: a holder that stops renewing is taken over after
@@ -42,6 +52,9 @@ struct State {
     next_version: u64,
     /// Woken on every change of a lock some waiter watches.
     changes: HashMap<LockName, Arc<Notify>>,
+    /// Waiters in arrival order: their place per owner id, for first come, first served.
+    places: HashMap<String, (LockName, u64)>,
+    next_place: u64,
 }
 
 impl State {
@@ -57,6 +70,63 @@ impl State {
 
     fn version_of(&self, name: &LockName) -> Option<String> {
         self.locks.get(name).map(|r| r.version.to_string())
+    }
+
+    /// One attempt to take (or take over) the lock for `request`; a free lock is left to a
+    /// waiter that came first while `yielding`.
+    fn attempt(&mut self, request: &AcquireRequest, yielding: bool) -> Attempt {
+        if let Some(current) = self.locks.get(&request.name) {
+            if current.owner.id == request.owner.id {
+                // This acquisition's own earlier write (whose answer the caller never saw).
+                return Attempt::Done(AcquireOutcome::Acquired(current.lease(&request.name)));
+            }
+            let stale =
+                request.replace.as_ref().map(Version::as_str) == Some(&current.version.to_string());
+            if !stale {
+                let holder = current.holder();
+                if !self.places.contains_key(&request.owner.id) {
+                    self.next_place += 1;
+                    let place = (request.name.clone(), self.next_place);
+                    self.places.insert(request.owner.id.clone(), place);
+                }
+                return Attempt::Done(AcquireOutcome::Busy(holder));
+            }
+        }
+        if yielding && self.yields_to_senior(request) {
+            return Attempt::Yield;
+        }
+        Attempt::Done(self.take(request))
+    }
+
+    /// Whether a waiter for the same lock came before `request`'s owner.
+    fn yields_to_senior(&self, request: &AcquireRequest) -> bool {
+        let mine = self
+            .places
+            .get(&request.owner.id)
+            .map_or(u64::MAX, |(_, place)| *place);
+        self.places
+            .values()
+            .any(|(name, place)| name == &request.name && *place < mine)
+    }
+
+    /// Writes `request`'s record: a new version and fencing token.
+    fn take(&mut self, request: &AcquireRequest) -> AcquireOutcome {
+        self.places.remove(&request.owner.id);
+        self.next_version += 1;
+        let version = self.next_version;
+        let token = self.tokens.entry(request.name.clone()).or_default();
+        *token += 1;
+        let record = Record {
+            owner: request.owner.clone(),
+            version,
+            token: *token,
+            ttl: request.ttl,
+            acquired_at: SystemTime::now(),
+        };
+        let lease = record.lease(&request.name);
+        self.locks.insert(request.name.clone(), record);
+        self.changed(&request.name);
+        AcquireOutcome::Acquired(lease)
     }
 }
 
@@ -145,33 +215,30 @@ impl Backend for MemoryBackend {
     }
 
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
-        let mut state = self.state();
-        if let Some(current) = state.locks.get(&request.name) {
-            if current.owner.id == request.owner.id {
-                // This acquisition's own earlier write (whose answer the caller never saw).
-                return Ok(AcquireOutcome::Acquired(current.lease(&request.name)));
-            }
-            let stale =
-                request.replace.as_ref().map(Version::as_str) == Some(&current.version.to_string());
-            if !stale {
-                return Ok(AcquireOutcome::Busy(current.holder()));
+        let until = tokio::time::Instant::now() + YIELD;
+        let mut yielding = true;
+        loop {
+            let notify = {
+                let mut state = self.state();
+                match state.attempt(request, yielding) {
+                    Attempt::Done(outcome) => return Ok(outcome),
+                    Attempt::Yield => state
+                        .changes
+                        .entry(request.name.clone())
+                        .or_default()
+                        .clone(),
+                }
+            };
+            // A waiter that came first gets the free lock, for at most YIELD.
+            let changed = notify.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state().yields_to_senior(request)
+                && tokio::time::timeout_at(until, changed).await.is_err()
+            {
+                yielding = false;
             }
         }
-        state.next_version += 1;
-        let version = state.next_version;
-        let token = state.tokens.entry(request.name.clone()).or_default();
-        *token += 1;
-        let record = Record {
-            owner: request.owner.clone(),
-            version,
-            token: *token,
-            ttl: request.ttl,
-            acquired_at: SystemTime::now(),
-        };
-        let lease = record.lease(&request.name);
-        state.locks.insert(request.name.clone(), record);
-        state.changed(&request.name);
-        Ok(AcquireOutcome::Acquired(lease))
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
@@ -224,6 +291,11 @@ impl Backend for MemoryBackend {
                 holder: Some(Box::new(r.holder())),
             }),
         }
+    }
+
+    async fn stop_waiting(&self, _name: &LockName, owner: &Owner) -> Result<(), Error> {
+        self.state().places.remove(&owner.id);
+        Ok(())
     }
 
     async fn wait_for_change(

@@ -249,6 +249,10 @@ impl Backend for FaultyBackend {
         self.inner.wait_for_change(name, seen, since).await
     }
 
+    async fn stop_waiting(&self, name: &LockName, owner: &crate::Owner) -> Result<(), Error> {
+        self.inner.stop_waiting(name, owner).await
+    }
+
     fn release_now(&self, lease: &Lease) -> Option<Result<(), Error>> {
         if !self.plan().release.is_empty() {
             // A planned fault goes through the async path.
