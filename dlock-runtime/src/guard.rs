@@ -100,10 +100,14 @@ impl Shared {
 
     /// Lets the next local waiter go.
     fn end_turn(&self) {
-        self.permit
+        let permit = self
+            .permit
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
+        if permit.is_some() {
+            crate::local::released(self.caller.id(), &self.name);
+        }
     }
 }
 

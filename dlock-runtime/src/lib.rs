@@ -59,6 +59,7 @@ mod lock;
 mod name;
 mod outcome;
 mod registry;
+mod schedule;
 mod time;
 
 #[cfg(any(test, feature = "conformance"))]

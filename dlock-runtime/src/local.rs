@@ -158,3 +158,87 @@ pub(crate) fn check_blocking_wait(
     }
     Ok(())
 }
+
+/// What this process remembers of a lock between its acquisitions: when it last released it,
+/// whether others were seen waiting for it lately, and how long holds of it last.
+#[derive(Clone, Copy, Debug)]
+struct Recent {
+    released: Option<Instant>,
+    contended_until: Option<Instant>,
+    hold: Option<Duration>,
+    round_trip: Option<Duration>,
+}
+
+/// How long contention seen on a lock keeps this process polite about it.
+const CONTENTION_MEMORY: Duration = Duration::from_secs(10);
+/// How soon after its own release a process's next attempt is polite.
+const COURTESY_WINDOW: Duration = Duration::from_secs(1);
+/// How long a polite process lets waiters try first: a few of the store's round trips, within
+/// these bounds.
+const COURTESY_MIN: Duration = Duration::from_millis(5);
+const COURTESY_MAX: Duration = Duration::from_millis(100);
+
+fn recent() -> MutexGuard<'static, HashMap<Key, Recent>> {
+    static RECENT: OnceLock<Mutex<HashMap<Key, Recent>>> = OnceLock::new();
+    let mut map = RECENT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if map.len() >= 1024 {
+        let now = Instant::now();
+        map.retain(|_, r| r.contended_until.is_some_and(|until| until > now));
+    }
+    map
+}
+
+fn update(backend: usize, name: &LockName, f: impl FnOnce(&mut Recent)) {
+    let mut map = recent();
+    let entry = map.entry((backend, name.clone())).or_insert(Recent {
+        released: None,
+        contended_until: None,
+        hold: None,
+        round_trip: None,
+    });
+    f(entry);
+}
+
+/// Another owner was seen holding `name`; `hold` is how long holds of it last and
+/// `round_trip` how long a request takes, where known.
+pub(crate) fn saw_contention(
+    backend: usize,
+    name: &LockName,
+    hold: Option<Duration>,
+    round_trip: Option<Duration>,
+) {
+    update(backend, name, |r| {
+        r.contended_until = Some(crate::time::after(Instant::now(), CONTENTION_MEMORY));
+        r.hold = hold.or(r.hold);
+        r.round_trip = round_trip.or(r.round_trip);
+    });
+}
+
+/// This process's turn at `name` ended (released, or lost).
+pub(crate) fn released(backend: usize, name: &LockName) {
+    update(backend, name, |r| r.released = Some(Instant::now()));
+}
+
+/// How long holds of `name` last, as this process saw them.
+pub(crate) fn hold_estimate(backend: usize, name: &LockName) -> Option<Duration> {
+    recent().get(&(backend, name.clone())).and_then(|r| r.hold)
+}
+
+/// How long to let others try first: this process released `name` a moment ago, and others
+/// were waiting for it lately.
+pub(crate) fn courtesy(backend: usize, name: &LockName) -> Option<Duration> {
+    let now = Instant::now();
+    let r = *recent().get(&(backend, name.clone()))?;
+    let just_released = r
+        .released
+        .is_some_and(|at| now < crate::time::after(at, COURTESY_WINDOW));
+    let contended = r.contended_until.is_some_and(|until| now < until);
+    let courtesy = r
+        .round_trip
+        .map_or(COURTESY_MAX, |rt| rt.saturating_mul(3))
+        .clamp(COURTESY_MIN, COURTESY_MAX);
+    (just_released && contended).then_some(courtesy)
+}

@@ -7,6 +7,7 @@ use crate::error::Operation;
 use crate::guard::LockGuard;
 use crate::local;
 use crate::registry::{DEFAULT_CALL_TIMEOUT, DEFAULT_TTL, Defaults, Registry};
+use crate::schedule::Schedule;
 use crate::time::after;
 use crate::{Backoff, Error, LockName};
 use std::sync::Arc;
@@ -255,9 +256,58 @@ pub(crate) async fn acquire(
         .enter(deadline, blocking)
         .await
         .map_err(|holder| give_up(&*caller.backend, &s, holder, None, start.elapsed()))?;
-    let (lease, lease_start) = acquire_loop(&caller, &s, start, deadline).await?;
-    permit.holds(lease.holder());
-    LockGuard::start(caller, lease, lease_start, &s, permit).await
+    loop {
+        let (lease, lease_start) = acquire_loop(&caller, &s, start, deadline).await?;
+        if let Some((lease, lease_start)) = confirm_fresh(&caller, &s, lease, lease_start).await {
+            permit.holds(lease.holder());
+            return LockGuard::start(caller, lease, lease_start, &s, permit).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::temporary(
+                caller.backend.kind(),
+                format!(
+                    "lock `{}`: the store answered so slowly that the lease had run out before \
+                     the acquisition was confirmed, and it could not be renewed",
+                    s.name
+                ),
+                None,
+            ));
+        }
+    }
+}
+
+/// A lease whose start is far in the past (its write's answer came very late, or was lost and
+/// found only by a later read) may be nearly over before the caller sees it. Rather than hand
+/// out a guard that is lost at once, renew it first (dating it from the renewal); `None` if
+/// that is refused: the lock is someone else's by now.
+async fn confirm_fresh(
+    caller: &Caller,
+    s: &Settings,
+    lease: Lease,
+    lease_start: Instant,
+) -> Option<(Lease, Instant)> {
+    let leases = caller.backend.capabilities().leases;
+    let fresh_until = after(lease_start, crate::time::scale(lease.ttl, 2, 3));
+    if !leases || Instant::now() < fresh_until {
+        return Some((lease, lease_start));
+    }
+    let sent = Instant::now();
+    let (current, ttl, name) = (lease.clone(), lease.ttl, lease.name.clone());
+    let renewed = caller
+        .call(
+            Operation::Renew,
+            &name,
+            caller.deadline(after(sent, s.call_timeout)),
+            move |b| async move { b.renew(&current, ttl).await },
+        )
+        .await;
+    match renewed {
+        Ok(renewed) => Some((renewed, sent)),
+        Err(e) => {
+            tracing::warn!(lock = %s.name, error = %e, "a late acquisition could not be renewed; trying again");
+            None
+        }
+    }
 }
 
 /// A holder version being watched: if it stays the same for the holder's whole lease on our
@@ -459,7 +509,8 @@ async fn acquire_loop(
         waited: false,
         done: false,
     };
-    let mut delays = s.backoff.delays();
+    let key = caller.id();
+    let mut poll = Schedule::new(s.backoff.delays(), local::hold_estimate(key, &s.name));
     let mut watch: Option<Watch> = None;
     let mut replace: Option<Version> = None;
     let mut holder: Option<Holder> = None;
@@ -467,6 +518,13 @@ async fn acquire_loop(
     let mut write = true;
     let mut announced = false;
 
+    if !caps.notified_waiting
+        && let Some(courtesy) = local::courtesy(key, &s.name)
+    {
+        // This process has just released a lock others were waiting for, and the store cannot
+        // say who waits: give a waiter polling around the release the chance to get it first.
+        tokio::time::sleep_until(after(Instant::now(), courtesy).min(deadline)).await;
+    }
     loop {
         let sent = Instant::now();
         let call_deadline = if s.timeout.is_zero() {
@@ -516,6 +574,8 @@ async fn acquire_loop(
             }
             Ok(Some(h)) => {
                 last_error = None;
+                poll.observe(&h, sent.elapsed());
+                local::saw_contention(key, &s.name, poll.hold(), poll.round_trip());
                 if caps.leases {
                     match &watch {
                         Some(w) if w.version == h.version => {
@@ -556,13 +616,15 @@ async fn acquire_loop(
         }
         let notified = caps.notified_waiting && holder.is_some() && last_error.is_none();
         // A notified waiter sleeps until the backend says the lock changed; it still looks
-        // now and then, in case a notification is lost. Others poll with backoff.
-        let step = if notified {
-            NOTIFIED_RECHECK
+        // now and then, in case a notification is lost. Others poll on a schedule learned from
+        // the holds they see, or back off after a failure.
+        let mut wake = if notified {
+            after(now, NOTIFIED_RECHECK)
+        } else if last_error.is_some() {
+            poll.failed()
         } else {
-            delays.next().unwrap_or(s.backoff.max())
+            poll.next()
         };
-        let mut wake = after(now, step);
         if let Some(w) = &watch {
             // Wake when the watched version would turn stale, not a step later.
             wake = wake.min(w.stale_at());
@@ -579,7 +641,11 @@ async fn acquire_loop(
             }
             _ => tokio::time::sleep_until(wake).await,
         }
-        write = !caps.poll_with_reads;
+        // After a busy answer, poll with reads where the backend wants that; after a failure,
+        // retry what failed.
+        if last_error.is_none() {
+            write = !caps.poll_with_reads;
+        }
     }
 }
 

@@ -472,3 +472,25 @@ async fn waiters_of_different_processes_get_the_lock_in_arrival_order() {
     }
     assert_eq!(*order.lock().expect("order"), [1, 2, 3, 0]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_acquisition_confirmed_after_its_lease_ran_out_is_renewed_before_use() {
+    let backend = faulty();
+    backend.on_acquire([Fault::Delay(Duration::from_secs(2))]);
+    let ttl = Duration::from_secs(1);
+    let start = Instant::now();
+    let guard = lock()
+        .ttl(ttl)
+        .timeout(Duration::from_secs(10))
+        .acquire_on(backend.clone())
+        .await
+        .expect("acquire");
+    assert!(!guard.is_lost(), "a guard is never handed out already lost");
+    assert_eq!(
+        guard.valid_until(),
+        Some((start + Duration::from_secs(2) + span(ttl)).into_std()),
+        "dated from the renewal made on receipt"
+    );
+    assert_eq!(backend.calls().renewals, 1);
+    guard.release().await.expect("release");
+}

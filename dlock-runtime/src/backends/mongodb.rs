@@ -327,6 +327,9 @@ impl ConditionalStore for MongoBackend {
         Capabilities {
             leases: true,
             fencing_tokens: true,
+            // A refused write does not say who holds the lock (it would cost a read too):
+            // waiters read, and write only when the lock looks free or stale.
+            poll_with_reads: true,
             ..Capabilities::default()
         }
     }

@@ -242,6 +242,9 @@ impl ConditionalStore for S3Backend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             leases: true,
+            // A refused write does not say who holds the lock (it would cost a read too):
+            // waiters read, and write only when the lock looks free or stale.
+            poll_with_reads: true,
             ..Capabilities::default()
         }
     }
