@@ -1,6 +1,8 @@
 //! Helpers shared by dlock's integration tests: running worker processes against a backend URL
 //! and checking what they did.
 
+pub mod fault_matrix;
+pub mod fault_proxy;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -140,3 +140,28 @@ fn bad_settings_are_rejected() {
     );
     assert!(dlock_runtime::backend_from_url("dynamodb://dlock_locks").is_ok());
 }
+
+fn fault_target() -> dlock_tests::fault_matrix::Target {
+    let endpoint = stand_in("AWS_ENDPOINT_URL");
+    dlock_tests::fault_matrix::Target {
+        name: "dynamodb",
+        upstream: dlock_tests::fault_matrix::upstream_of(&endpoint),
+        through: Box::new(|proxy| {
+            Arc::new(
+                DynamoDbBackend::builder()
+                    .table(table())
+                    .endpoint(proxy.url())
+                    .region("us-east-1")
+                    .credentials("test", "test")
+                    .build()
+                    .expect("settings"),
+            )
+        }),
+        direct: Arc::new(dynamodb()),
+        // Every DynamoDB request is a lock request (there is no start-up check).
+        requests: |request| dlock_tests::fault_matrix::contains(request, "x-amz-target: dynamodb"),
+        http: true,
+    }
+}
+
+dlock_tests::fault_matrix_tests!(fault_target());

@@ -190,3 +190,33 @@ async fn a_version_that_is_not_a_generation_is_a_clear_error() {
     assert!(!matches!(err, Error::Lost { .. }), "not a lost lock: {err}");
     assert!(err.to_string().contains("not a GCS generation"), "{err}");
 }
+
+/// Object requests (`.../b/BUCKET/o...`), not the start-up bucket check (`.../b/BUCKET`).
+fn gcs_lock_request(request: &[u8]) -> bool {
+    let path = dlock_tests::fault_matrix::http_path(request);
+    let path = path.split('?').next().unwrap_or_default();
+    path.contains("/o/") || path.ends_with("/o")
+}
+
+fn fault_target() -> dlock_tests::fault_matrix::Target {
+    let endpoint = stand_in("STORAGE_EMULATOR_HOST");
+    dlock_tests::fault_matrix::Target {
+        name: "gcs",
+        upstream: dlock_tests::fault_matrix::upstream_of(&endpoint),
+        through: Box::new(|proxy| {
+            Arc::new(
+                GcsBackend::builder()
+                    .bucket(bucket())
+                    .prefix("faults/")
+                    .endpoint(proxy.url())
+                    .build()
+                    .expect("settings"),
+            )
+        }),
+        direct: Arc::new(gcs("faults/")),
+        requests: gcs_lock_request,
+        http: true,
+    }
+}
+
+dlock_tests::fault_matrix_tests!(fault_target());

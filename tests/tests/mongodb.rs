@@ -117,3 +117,36 @@ async fn gc_after_is_checked_against_the_lease() {
         .expect_err("a lease longer than gc_after");
     assert!(err.to_string().contains("too long for gc_after"), "{err}");
 }
+
+/// The lock's commands, not the driver's heartbeats (`hello`) or session housekeeping.
+fn mongo_lock_request(request: &[u8]) -> bool {
+    use dlock_tests::fault_matrix::contains;
+    contains(request, "findAndModify")
+        || contains(request, "update\0")
+        || contains(request, "find\0")
+}
+
+fn fault_target() -> dlock_tests::fault_matrix::Target {
+    let uri = uri();
+    dlock_tests::fault_matrix::Target {
+        name: "mongodb",
+        upstream: dlock_tests::fault_matrix::upstream_of(&uri),
+        through: Box::new(|proxy| {
+            Arc::new(
+                MongoBackend::builder()
+                    .uri(format!(
+                        "mongodb://{}/dlock_test?directConnection=true",
+                        proxy.addr()
+                    ))
+                    .collection("faults")
+                    .build()
+                    .expect("settings"),
+            )
+        }),
+        direct: Arc::new(mongo("faults")),
+        requests: mongo_lock_request,
+        http: false,
+    }
+}
+
+dlock_tests::fault_matrix_tests!(fault_target());

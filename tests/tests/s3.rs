@@ -184,3 +184,39 @@ fn settings_never_show_the_secret_key() {
     );
     assert!(!shown.contains("secret"), "{shown}");
 }
+
+/// Object requests (`/bucket/key`), not the start-up bucket check (`/bucket`).
+fn s3_lock_request(request: &[u8]) -> bool {
+    let path = dlock_tests::fault_matrix::http_path(request);
+    path.split('?')
+        .next()
+        .unwrap_or_default()
+        .matches('/')
+        .count()
+        >= 2
+}
+
+fn fault_target() -> dlock_tests::fault_matrix::Target {
+    let endpoint = stand_in("AWS_ENDPOINT_URL");
+    dlock_tests::fault_matrix::Target {
+        name: "s3",
+        upstream: dlock_tests::fault_matrix::upstream_of(&endpoint),
+        through: Box::new(|proxy| {
+            Arc::new(
+                S3Backend::builder()
+                    .bucket(bucket())
+                    .prefix("faults/")
+                    .endpoint(proxy.url())
+                    .region("us-east-1")
+                    .credentials("test", "test")
+                    .build()
+                    .expect("settings"),
+            )
+        }),
+        direct: Arc::new(s3("faults/")),
+        requests: s3_lock_request,
+        http: true,
+    }
+}
+
+dlock_tests::fault_matrix_tests!(fault_target());

@@ -36,8 +36,16 @@ impl AwsSettings {
             .operation_attempt_timeout(std::time::Duration::from_secs(10))
             .operation_timeout(std::time::Duration::from_secs(30))
             .build();
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
+        // The SDK retries a few times with short delays; dlock's own retries, bounded by each
+        // lock's deadlines, take over from there (the SDK's default backoff outlives short
+        // leases).
+        let retries = aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(3)
+            .with_initial_backoff(std::time::Duration::from_millis(20))
+            .with_max_backoff(std::time::Duration::from_millis(500));
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(retries);
         if let Some(region) = &self.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -59,12 +67,14 @@ impl AwsSettings {
     }
 }
 
-/// Whether a request failed without an answer from the service (connection refused, timeout):
-/// worth retrying, unlike a configuration error found before sending.
+/// Whether a request failed without an answer from the service (connection refused or closed,
+/// timeout): worth retrying, unlike a configuration error found before sending.
 pub(crate) fn unreachable<E, R>(e: &SdkError<E, R>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
-        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+        // Anything but a user (configuration) error while dispatching: I/O, a timeout, or a
+        // connection closed before the answer came.
+        SdkError::DispatchFailure(d) => !d.is_user(),
         _ => false,
     }
 }

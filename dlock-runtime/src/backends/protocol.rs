@@ -126,28 +126,30 @@ impl<S: ConditionalStore> Backend for S {
             .as_ref()
             .map_or(Condition::Free, Condition::Replace);
         let mut written = self.write(&lease, condition).await?;
-        if matches!(written, Write::Refused(None))
-            && request.replace.is_some()
-            && self.read(&request.name).await?.is_none()
-        {
-            // The stale record is gone already: take the lock as free.
-            written = self.write(&lease, Condition::Free).await?;
-        }
-        let (version, fencing_token) = match written {
-            Write::Done {
-                version,
-                fencing_token,
-            } => (version, fencing_token),
-            Write::Refused(current) => {
-                match resolve(self, &request.name, &request.owner, current).await? {
-                    Ok(ours) => (ours.version, ours.fencing_token),
-                    Err(Some(holder)) => return Ok(AcquireOutcome::Busy(holder)),
-                    Err(None) => {
-                        return Err(Error::temporary(
-                            S::KIND,
-                            "the lock record changed while it was read; retrying",
-                            None,
-                        ));
+        // A refused write whose read-back finds the lock free (the holder left in between, or
+        // a stale record is gone already): one more write, as a free lock.
+        let mut again = true;
+        let (version, fencing_token) = loop {
+            match written {
+                Write::Done {
+                    version,
+                    fencing_token,
+                } => break (version, fencing_token),
+                Write::Refused(current) => {
+                    match resolve(self, &request.name, &request.owner, current).await? {
+                        Ok(ours) => break (ours.version, ours.fencing_token),
+                        Err(Some(holder)) => return Ok(AcquireOutcome::Busy(holder)),
+                        Err(None) if again => {
+                            again = false;
+                            written = self.write(&lease, Condition::Free).await?;
+                        }
+                        Err(None) => {
+                            return Err(Error::temporary(
+                                S::KIND,
+                                "the lock record changed while it was read; retrying",
+                                None,
+                            ));
+                        }
                     }
                 }
             }
