@@ -79,7 +79,13 @@ pub(crate) fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// This machine's host name (cached).
+/// This machine's host name (cached), as recorded in the locks this process takes.
+///
+/// ```
+/// let host = dlock_runtime::host_name();
+/// assert!(!host.is_empty());
+/// assert_eq!(dlock_runtime::Owner::generate().host, host);
+/// ```
 pub fn host_name() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
@@ -100,6 +106,13 @@ pub fn host_name() -> &'static str {
 ///
 /// Versions are compared for equality only (a GCS generation, an S3 ETag, a counter). They are
 /// not fencing tokens: see [`Lease::fencing_token`].
+///
+/// ```
+/// use dlock_runtime::Version;
+/// let seen = Version::new("\"5d41402abc4b\"");
+/// assert_eq!(seen.as_str(), "\"5d41402abc4b\"");
+/// assert_ne!(seen, Version::new("7"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Version(String);
 
@@ -121,7 +134,24 @@ impl fmt::Display for Version {
     }
 }
 
-/// What a backend knows about the current holder of a lock.
+/// What a backend knows about the current holder of a lock: what `inspect`, `list` and busy
+/// errors show.
+///
+/// ```
+/// use dlock_runtime::{Backend, Lock, LockName, MemoryBackend};
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock_runtime::Error> {
+/// let backend = Arc::new(MemoryBackend::new());
+/// let guard = Lock::new("nightly").acquire_on(backend.clone()).await?;
+/// let holder = backend.inspect(&LockName::new("nightly")?).await?.expect("held");
+/// assert_eq!(holder.owner.pid, std::process::id());
+/// assert_eq!(holder.fencing_token, guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
     /// Who holds it.
@@ -137,7 +167,24 @@ pub struct Holder {
     pub fencing_token: Option<u64>,
 }
 
-/// A held lock, as the backend wrote it.
+/// A held lock, as the backend wrote it: what `renew` and `release` are conditional on.
+///
+/// ```
+/// use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, LockName, MemoryBackend, Owner};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock_runtime::Error> {
+/// let backend = MemoryBackend::new();
+/// let request = AcquireRequest::new(LockName::new("job")?, Owner::generate(), Duration::from_secs(30));
+/// let AcquireOutcome::Acquired(lease) = backend.try_acquire(&request).await? else { unreachable!() };
+/// let renewed = backend.renew(&lease, Duration::from_secs(30)).await?;
+/// assert_ne!(renewed.version, lease.version, "every write is a new version");
+/// assert_eq!(renewed.holder().owner, lease.owner);
+/// backend.release(&renewed).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The lock name.
@@ -182,6 +229,17 @@ impl Lease {
 }
 
 /// One attempt to take a lock.
+///
+/// ```
+/// use dlock_runtime::{AcquireRequest, LockName, Owner, Version};
+/// use std::time::Duration;
+///
+/// let request = AcquireRequest::new(LockName::new("job")?, Owner::generate(), Duration::from_secs(30));
+/// assert!(request.replace.is_none(), "a plain attempt needs the lock free");
+/// let takeover = request.replacing(Version::new("41"));
+/// assert_eq!(takeover.replace, Some(Version::new("41")));
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AcquireRequest {
@@ -216,6 +274,23 @@ impl AcquireRequest {
 }
 
 /// The answer to [`Backend::try_acquire`]: contention is a value, not an error.
+///
+/// ```
+/// use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, LockName, MemoryBackend, Owner};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock_runtime::Error> {
+/// let backend = MemoryBackend::new();
+/// let ask = || AcquireRequest::new("job".parse().unwrap(), Owner::generate(), Duration::from_secs(9));
+/// assert!(matches!(backend.try_acquire(&ask()).await?, AcquireOutcome::Acquired(_)));
+/// match backend.try_acquire(&ask()).await? {
+///     AcquireOutcome::Busy(holder) => assert_eq!(holder.owner.pid, std::process::id()),
+///     AcquireOutcome::Acquired(_) => unreachable!("held"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub enum AcquireOutcome {
     /// The lock is ours.

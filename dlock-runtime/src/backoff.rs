@@ -59,11 +59,6 @@ impl Backoff {
         self
     }
 
-    /// The longest single delay.
-    pub fn max(&self) -> Duration {
-        self.max
-    }
-
     /// An endless sequence of delays.
     pub fn delays(&self) -> Delays {
         Delays {
@@ -77,7 +72,17 @@ impl Backoff {
     }
 }
 
-/// The delays of one [`Backoff`] run.
+/// The delays of one [`Backoff`] run: an endless iterator.
+///
+/// ```
+/// use dlock_runtime::Backoff;
+/// use std::time::Duration;
+///
+/// let mut delays = Backoff::new(Duration::from_millis(10), Duration::from_millis(40)).delays();
+/// let first = delays.next_delay();
+/// assert!(first >= Duration::from_millis(5) && first <= Duration::from_millis(10));
+/// assert!(delays.take(20).all(|d| d <= Duration::from_millis(40)));
+/// ```
 #[derive(Debug)]
 pub struct Delays {
     base: Duration,
@@ -85,13 +90,20 @@ pub struct Delays {
     rng: fastrand::Rng,
 }
 
+impl Delays {
+    /// The next delay (there always is one).
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.base;
+        self.base = base.mul_f64(self.policy.multiplier).min(self.policy.max);
+        base.mul_f64(0.5 + self.rng.f64() * 0.5)
+    }
+}
+
 impl Iterator for Delays {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let base = self.base;
-        self.base = base.mul_f64(self.policy.multiplier).min(self.policy.max);
-        Some(base.mul_f64(0.5 + self.rng.f64() * 0.5))
+        Some(self.next_delay())
     }
 }
 

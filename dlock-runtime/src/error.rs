@@ -5,6 +5,13 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 /// A boxed error from a backend's client library, kept as the source of an [`Error`].
+///
+/// ```
+/// use std::error::Error as _;
+/// let io = std::io::Error::other("connection reset");
+/// let err = dlock_runtime::Error::temporary("s3", "cannot reach S3", Some(Box::new(io)));
+/// assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("connection reset"));
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong when taking, keeping or releasing a lock.
@@ -195,6 +202,21 @@ pub enum ErrorKind {
 }
 
 /// The operation a backend error happened in.
+///
+/// ```
+/// use dlock_runtime::{Lock, MemoryBackend, Operation};
+/// # let backend = std::sync::Arc::new(MemoryBackend::new());
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// // Errors from the acquire loop say which call failed, on which lock:
+/// # let err = dlock_runtime::Error::temporary("s3", "503", None);
+/// if err.operation() == Some(Operation::Renew) {
+///     eprintln!("renewing {:?} failed: {err}", err.lock_name());
+/// }
+/// assert_eq!(Operation::Acquire.to_string(), "acquiring");
+/// # let _ = Lock::new("x").acquire_on(backend).await;
+/// # });
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Operation {
@@ -370,6 +392,44 @@ impl Error {
             Error::Busy { holder, .. } | Error::Timeout { holder, .. } => holder.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// For functions that return `std::io::Result`: a lock error becomes an I/O error of a matching
+/// kind (busy: `WouldBlock`, timeout: `TimedOut`, bad name or configuration: `InvalidInput`,
+/// a backend that cannot be reached: `Other`), with the dlock error inside — get it back with
+/// `io_error.get_ref()` and `downcast_ref::<dlock_runtime::Error>()`.
+///
+/// ```
+/// use dlock_runtime::{MemoryBackend, Registry, distributed_lock};
+///
+/// #[distributed_lock(name = "report")]
+/// fn write_report() -> std::io::Result<()> {
+///     Ok(())
+/// }
+///
+/// let registry = Registry::builder().backend("memory", MemoryBackend::new()).build()?;
+/// registry.scope_sync(|| -> std::io::Result<()> {
+///     let _held = dlock_runtime::Lock::new("report").acquire_blocking().map_err(std::io::Error::from)?;
+///     let err = write_report().unwrap_err();
+///     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+///     let lock_error = err.get_ref().and_then(|e| e.downcast_ref::<dlock_runtime::Error>());
+///     assert!(matches!(lock_error, Some(dlock_runtime::Error::Busy { .. })));
+///     Ok(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind as Io;
+        let kind = match e.kind() {
+            ErrorKind::Busy => Io::WouldBlock,
+            ErrorKind::Timeout => Io::TimedOut,
+            ErrorKind::InvalidName | ErrorKind::Config => Io::InvalidInput,
+            ErrorKind::Reentrant | ErrorKind::WouldDeadlock => Io::Deadlock,
+            _ => Io::Other,
+        };
+        std::io::Error::new(kind, e)
     }
 }
 

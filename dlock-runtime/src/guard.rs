@@ -273,7 +273,7 @@ impl LockGuard {
         if shared.caller.is_local()
             && shared.min_hold_left().is_zero()
             && let Ok(lease) = shared.lease.try_lock()
-            && let Some(result) = release_now(&shared, &lease)
+            && let Some(result) = release_at_once(&shared, &lease)
         {
             drop(lease);
             if let Some(task) = renewer {
@@ -324,7 +324,7 @@ fn log_release(name: &LockName, result: &Result<(), Error>) {
 
 /// Frees the lock without I/O waits where the backend can (a local backend with nothing left
 /// of `min_hold`); a lost lease is left alone.
-fn release_now(shared: &Shared, lease: &Lease) -> Option<Result<(), Error>> {
+fn release_at_once(shared: &Shared, lease: &Lease) -> Option<Result<(), Error>> {
     if shared.is_lost() {
         return Some(Err(lost(shared)));
     }
@@ -436,7 +436,7 @@ pub(crate) async fn release_with_retries(caller: &Caller, lease: &Lease) -> Resu
             .await;
         match result {
             Err(e) if e.is_temporary() => {
-                let wait = delays.next().unwrap_or(Duration::from_secs(1));
+                let wait = delays.next_delay();
                 if after(Instant::now(), wait) >= limit {
                     return Err(e);
                 }
@@ -454,14 +454,14 @@ async fn renew(shared: Arc<Shared>, lease_start: Instant) {
     let period = scale(shared.ttl, 1, 3).max(Duration::from_millis(1));
     let mut last_start = lease_start;
     let mut uncertain_since: Option<Instant> = None;
-    let mut retries = None;
+    let mut retries: Option<crate::Delays> = None;
     loop {
         let valid_until = shared.valid_until();
         let wake = match &mut retries {
             None => after(last_start, period),
             Some(delays) => after(
                 Instant::now(),
-                Iterator::next(delays).unwrap_or(period).min(period),
+                delays.next_delay().min(period),
             ),
         }
         .min(valid_until);

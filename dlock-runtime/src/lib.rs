@@ -34,14 +34,62 @@
 //!
 //! # Backends
 //!
-//! | backend | feature | acquire | freed when the holder dies |
-//! |---|---|---|---|
-//! | [`MemoryBackend`] | always | in-process map with leases | after its lease (ttl) |
-//! | [`FileBackend`] | `file` (default) | `flock` on a file per lock | at once (the kernel) |
+//! Each backend is a cargo feature of this crate (only `file` is on by default) and can also be
+//! registered from a URL with [`RegistryBuilder::backend_url`] (see [`backend_from_url`]).
 //!
-//! Every backend implements [`Backend`] and passes the same [conformance suite](crate) (feature
-//! `conformance`). Retry, backoff, renewal, takeover of stale locks and logging live once, in
-//! the acquire loop and the [`LockGuard`].
+//! | backend | feature | URL | freed when the holder dies | fencing tokens | waiters are woken by |
+//! |---|---|---|---|---|---|
+//! | [`MemoryBackend`] | always | `memory://` | after its lease (ttl) | yes | the backend |
+//! | [`FileBackend`] | `file` (default) | `file:///var/lock/app` | at once (the kernel) | yes | the kernel (inotify) |
+//! | `S3Backend` | `s3` | `s3://bucket/prefix` | after its lease | no | polling (reads) |
+//! | `GcsBackend` | `gcs` | `gs://bucket/prefix` | after its lease | no | polling (reads) |
+//! | `DynamoDbBackend` | `dynamodb` | `dynamodb://table` | after its lease | yes | polling |
+//! | `MongoBackend` | `mongodb` | `mongodb://host/db?collection=locks` | after its lease | yes | polling (reads) |
+//! | `PostgresBackend` | `postgres` | `postgres://user@host/db?table=locks` | after its lease (server time) | yes | `LISTEN/NOTIFY` |
+//! | `RedisBackend` | `redis` | `redis://host:6379/?prefix=dlock:` | after its lease (server expiry) | yes | pub/sub |
+//! | `EtcdBackend` | `etcd` | `etcd://host:2379/prefix` | after its lease (etcd lease) | yes (revision) | watches |
+//!
+//! A minimal configuration of each (the cloud ones read credentials the usual way):
+//!
+//! ```no_run
+//! # async fn configure() -> Result<(), dlock_runtime::Error> {
+//! use dlock_runtime::Registry;
+//!
+//! let registry = Registry::builder()
+//!     .backend("mem", dlock_runtime::MemoryBackend::new())
+//!     .backend("local", dlock_runtime::FileBackend::new("/var/lock/myapp")?)
+//!     .backend_url("shared", "file:///var/lock/ci?shared=true")
+//!     .backend_url("s3", "s3://my-locks/ci")                     // feature `s3`
+//!     .backend_url("gcs", "gs://my-locks/ci")                    // feature `gcs`
+//!     .backend_url("dynamodb", "dynamodb://dlock_locks")         // feature `dynamodb`
+//!     .backend_url("mongo", "mongodb://db1:27017/app")           // feature `mongodb`
+//!     .backend_url("pg", "postgres://app@db1/app?table=locks")   // feature `postgres`
+//!     .backend_url("redis", "redis://cache1:6379/")              // feature `redis`
+//!     .backend_url("etcd", "etcd://etcd1:2379/locks/")           // feature `etcd`
+//!     .default_backend("local")
+//!     .build()?;
+//! registry.install().expect("installed once, in main");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every backend implements [`Backend`] and passes the same conformance suite (the
+//! `conformance` module, feature `conformance`) and a fault matrix run through a proxy that
+//! loses answers, resets connections and blackholes requests. Retry, backoff, renewal, takeover
+//! of stale locks, waiting and logging live once, in the acquire loop and the [`LockGuard`].
+//!
+//! # What a lock promises
+//!
+//! - At most one holder at a time, and the holder knows first: [`LockGuard::is_lost`] turns
+//!   true no later than the earliest moment another process could take the lock over, computed
+//!   on the holder's own clock from when its acquiring (or last confirmed renewing) write was
+//!   sent.
+//! - A process paused longer than its lease (a GC pause, `SIGSTOP`, a suspended VM) can wake
+//!   up after another holder took over and not yet have looked at `is_lost`: pass the
+//!   [fencing token](LockGuard::fencing_token) to the resource you protect, so it refuses
+//!   writes from an older holder. No lock service can prevent that without one.
+//! - Nothing is leaked: a guard dropped, a body that panics, a call cancelled at any point
+//!   (even in the middle of a release) frees the lock in the background.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -74,6 +122,12 @@ pub use backend::{
 };
 #[cfg(feature = "dynamodb")]
 pub use backends::dynamodb::{DynamoDbBackend, DynamoDbBuilder};
+#[cfg(feature = "etcd")]
+pub use backends::etcd::{EtcdBackend, EtcdBuilder};
+#[cfg(feature = "postgres")]
+pub use backends::postgres::{PostgresBackend, PostgresBuilder};
+#[cfg(feature = "redis")]
+pub use backends::redis::{RedisBackend, RedisBuilder};
 #[cfg(feature = "file")]
 pub use backends::file::FileBackend;
 pub use backends::from_url::backend_from_url;

@@ -6,6 +6,12 @@ use std::sync::Arc;
 
 /// The longest lock name, in bytes. Backends map names to keys; long names are hashed where a
 /// store's key is shorter.
+///
+/// ```
+/// use dlock_runtime::{LockName, MAX_NAME_LEN};
+/// assert!(LockName::new("n".repeat(MAX_NAME_LEN)).is_ok());
+/// assert!(LockName::new("n".repeat(MAX_NAME_LEN + 1)).is_err());
+/// ```
 pub const MAX_NAME_LEN: usize = 1024;
 
 /// A lock name that every backend can store: 1 to [`MAX_NAME_LEN`] bytes of UTF-8 without

@@ -31,6 +31,7 @@ use crate::Error;
     message = "#[distributed_lock] cannot report a busy or failed lock through `{Self}`",
     label = "this return type cannot carry a lock failure",
     note = "return `Result<T, E>` with `E: From<dlock_runtime::Error>`, `Option<T>` (None when the lock is not taken) or `()` (the body is skipped and the failure logged)",
+    note = "`std::io::Result<T>` works as it is (dlock's errors convert into `std::io::Error`); for another error type `E`, add `impl From<dlock_runtime::Error> for E` (thiserror: a `#[from] dlock_runtime::Error` variant)",
     note = "or implement `dlock_runtime::LockOutcome` for this type"
 )]
 pub trait LockOutcome {

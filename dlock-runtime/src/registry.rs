@@ -57,6 +57,17 @@ struct Inner {
 }
 
 /// The error of a second [`Registry::install`]; it hands the registry back.
+///
+/// ```no_run
+/// use dlock_runtime::{MemoryBackend, Registry};
+///
+/// let first = Registry::builder().backend("m", MemoryBackend::new()).build()?;
+/// first.install().expect("the first install");
+/// let second = Registry::builder().backend("other", MemoryBackend::new()).build()?;
+/// let refused = second.install().unwrap_err();
+/// assert_eq!(refused.into_registry().backend_names(), ["other"]);
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("a dlock registry is already installed; install it once, at startup")]
 pub struct AlreadyInstalled(Registry);
@@ -196,11 +207,19 @@ pub struct RegistryBuilder {
 /// A backend as registered: URLs are parsed when registered, their errors reported by `build`.
 type BuiltBackend = Result<Arc<dyn Backend>, Error>;
 
-/// The lease a lock gets when neither it nor the registry sets `ttl`.
+/// The lease a lock gets when neither it nor the registry sets `ttl` (30 s).
+///
+/// ```
+/// assert_eq!(dlock_runtime::DEFAULT_TTL, std::time::Duration::from_secs(30));
+/// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// The longest one backend call may take when neither the lock nor the registry says (see
-/// [`Lock::call_timeout`](crate::Lock::call_timeout)).
+/// [`Lock::call_timeout`](crate::Lock::call_timeout)): 10 s.
+///
+/// ```
+/// assert_eq!(dlock_runtime::DEFAULT_CALL_TIMEOUT, std::time::Duration::from_secs(10));
+/// ```
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RegistryBuilder {

@@ -79,7 +79,7 @@ impl Schedule {
     pub fn next(&mut self) -> Instant {
         let now = Instant::now();
         let (Some(hold), Some((_, since))) = (self.hold, &self.owner) else {
-            return after(now, self.backoff.next().unwrap_or(QUICK_MAX));
+            return after(now, self.backoff.next_delay());
         };
         let quick = self.quick();
         let due = after(*since, hold);
@@ -99,7 +99,7 @@ impl Schedule {
 
     /// A request failed: back off.
     pub fn failed(&mut self) -> Instant {
-        after(Instant::now(), self.backoff.next().unwrap_or(QUICK_MAX))
+        after(Instant::now(), self.backoff.next_delay())
     }
 
     /// How long a request takes, as seen so far.

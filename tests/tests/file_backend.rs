@@ -1,5 +1,5 @@
 //! The file backend across processes and users: counted mutual exclusion, a `kill -9`'d
-//! holder, the multi-user traps of seed 004, and planted links.
+//! holder, the multi-user traps of shared lock directories, and planted links.
 
 use dlock_runtime::{Backend, FileBackend, Lock, LockName};
 use dlock_tests::{
@@ -46,7 +46,7 @@ fn a_killed_holders_lock_is_free_at_once() {
 }
 
 /// Turns on Linux's `fs.protected_regular` (as Debian and Ubuntu ship it) for the test, so the
-/// trap of seed 004 is real here, and restores the old value afterwards.
+/// multi-user trap is real here, and restores the old value afterwards.
 struct ProtectedRegular(Option<String>);
 
 impl ProtectedRegular {
@@ -132,7 +132,7 @@ fn users_share_lock_files_in_a_sticky_directory() {
     assert_eq!(
         trap.map(drop).map_err(|e| e.kind()),
         Err(std::io::ErrorKind::PermissionDenied),
-        "the seed-004 trap is live: even root cannot O_CREAT-open another user's file here"
+        "the multi-user trap is live: even root cannot O_CREAT-open another user's file here"
     );
     rt.block_on(async {
         let guard = Lock::new(name.as_str())

@@ -29,7 +29,7 @@ use tokio::sync::OnceCell;
 
 const KIND: &str = "dynamodb";
 /// The key attribute of dynamo-dlm's tables, so existing tables work as they are.
-pub const DEFAULT_KEY_ATTRIBUTE: &str = "resource_id";
+pub(crate) const DEFAULT_KEY_ATTRIBUTE: &str = "resource_id";
 
 // Attribute names, always through ExpressionAttributeNames (some are reserved words).
 const OWNER: &str = "owner";
@@ -77,6 +77,16 @@ impl fmt::Debug for DynamoDbBackend {
 
 /// Settings for a [`DynamoDbBackend`]; setters never fail, [`build`](DynamoDbBuilder::build)
 /// checks.
+///
+/// ```
+/// use dlock_runtime::DynamoDbBackend;
+///
+/// let backend = DynamoDbBackend::builder().table("dlock_locks").region("eu-west-1").build()?;
+/// assert!(DynamoDbBackend::builder().table("no").build().is_err(), "3 to 255 characters");
+/// assert!(DynamoDbBackend::builder().table("t!x").build().is_err(), "A-Z a-z 0-9 _ - .");
+/// # drop(backend);
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 #[must_use = "call .build()"]
 pub struct DynamoDbBuilder {

@@ -1,7 +1,8 @@
 //! `flock` on one file per lock name in a directory: many processes (and, in a shared
 //! directory, many users) on one machine.
 //!
-//! The traps this module avoids (seed 004 and the usual lock-file attacks):
+//! The traps this module avoids (the multi-user traps of shared lock directories, and the
+//! usual lock-file attacks):
 //! - in a shared directory (mode 1777, like `/tmp`), a lock file created by one user must be
 //!   lockable by another, where Linux's `fs.protected_regular` makes an `O_CREAT` open of
 //!   another user's file fail even for root: existing files are opened without `O_CREAT`, new
@@ -24,7 +25,7 @@
 //!   the kernel when the waiter exits) at an offset that is the time it started waiting (the
 //!   machine's boot clock, the same for every process). A free lock goes to the waiter with the
 //!   lowest mark; anyone else, including a process that has just released it, lets that waiter
-//!   have it first, for at most [`YIELD`] (so a stopped waiter cannot hold everyone up).
+//!   have it first, for at most 20 ms (so a stopped waiter cannot hold everyone up).
 
 use crate::backend::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version,
@@ -54,7 +55,7 @@ const COUNTER: &str = ".dlock-fencing";
 const REOPENS: usize = 16;
 /// How long a free lock is left to a waiter that has waited longer: a live waiter woken by the
 /// kernel takes it in microseconds; one that is stopped or starved loses its turn after this.
-pub const YIELD: Duration = Duration::from_millis(20);
+pub(crate) const YIELD: Duration = Duration::from_millis(20);
 
 /// Locks as `flock(2)` on files in one directory.
 ///

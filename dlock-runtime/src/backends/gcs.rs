@@ -70,6 +70,15 @@ impl fmt::Debug for GcsBackend {
 }
 
 /// Settings for a [`GcsBackend`]; setters never fail, [`build`](GcsBuilder::build) checks.
+///
+/// ```
+/// use dlock_runtime::GcsBackend;
+///
+/// let backend = GcsBackend::builder().bucket("my-locks").prefix("ci").build()?;
+/// assert_eq!(backend.object_for(&"deploy/prod".parse()?), "ci/deploy%2Fprod");
+/// assert!(GcsBackend::builder().build().is_err(), "a bucket is required");
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 #[must_use = "call .build()"]
 pub struct GcsBuilder {

@@ -11,8 +11,14 @@ pub mod from_url;
 #[cfg(feature = "gcs")]
 pub mod gcs;
 pub mod memory;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(any(feature = "s3", feature = "gcs"))]
 mod object_record;
 #[cfg(any(

@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 
 const KIND: &str = "mongodb";
 /// The collection used when none is configured.
-pub const DEFAULT_COLLECTION: &str = "dlock_locks";
+pub(crate) const DEFAULT_COLLECTION: &str = "dlock_locks";
 const DUPLICATE_KEY: i32 = 11000;
 /// The shortest `gc_after`: an hour.
 const MIN_GC_AFTER: Duration = Duration::from_secs(3600);
@@ -67,6 +67,20 @@ impl fmt::Debug for MongoBackend {
 }
 
 /// Settings for a [`MongoBackend`]; setters never fail, [`build`](MongoBuilder::build) checks.
+///
+/// ```
+/// use dlock_runtime::MongoBackend;
+/// use std::time::Duration;
+///
+/// let backend = MongoBackend::builder()
+///     .uri("mongodb://db1:27017/app")
+///     .collection("locks")
+///     .gc_after(Duration::from_secs(7 * 24 * 3600))
+///     .build()?;
+/// assert!(MongoBackend::builder().uri("db1:27017").build().is_err(), "a mongodb:// URI");
+/// # drop(backend);
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Clone)]
 #[must_use = "call .build()"]
 pub struct MongoBuilder {

@@ -83,6 +83,15 @@ impl fmt::Debug for S3Backend {
 }
 
 /// Settings for an [`S3Backend`]; setters never fail, [`build`](S3Builder::build) checks.
+///
+/// ```
+/// use dlock_runtime::S3Backend;
+///
+/// let backend = S3Backend::builder().bucket("my-locks").prefix("ci/").region("us-east-1").build()?;
+/// assert_eq!(backend.key_for(&"deploy/prod".parse()?), "ci/deploy%2Fprod");
+/// assert!(S3Backend::builder().build().is_err(), "a bucket is required");
+/// # Ok::<(), dlock_runtime::Error>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 #[must_use = "call .build()"]
 pub struct S3Builder {

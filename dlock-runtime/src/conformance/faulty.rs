@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// What happens to one call.
+/// What happens to one call (see [`FaultyBackend`] for an example).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The call reaches the store and takes effect, but its answer is lost: the caller gets a
@@ -29,6 +29,11 @@ pub enum Fault {
 }
 
 /// How many calls of each kind reached the wrapper.
+///
+/// ```
+/// let calls = dlock_runtime::conformance::Calls { acquires: 2, releases: 1, reads: 3, ..Default::default() };
+/// assert_eq!(calls.requests(), 6, "waiting on a notification is not a request");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Calls {
     /// `try_acquire` calls (conditional writes).

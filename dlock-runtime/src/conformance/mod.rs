@@ -26,7 +26,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The checks, bound to one backend.
+/// The checks, bound to one backend. Call them one by one (each is `pub async fn`), all with
+/// [`run_all`](Conformance::run_all), or one `#[tokio::test]` each with
+/// [`conformance_tests!`](crate::conformance_tests).
+///
+/// ```
+/// use dlock_runtime::MemoryBackend;
+/// use dlock_runtime::conformance::Conformance;
+/// use std::sync::Arc;
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let suite = Conformance::new(Arc::new(MemoryBackend::new()));
+/// suite.exclusive_acquire().await;
+/// suite.fencing_tokens_increase().await;
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Conformance {
     backend: Arc<dyn Backend>,
@@ -116,8 +131,14 @@ macro_rules! run_each {
 crate::__conformance_checks!(run_each);
 
 /// A fresh lock name no other run uses.
+///
+/// ```
+/// let a = dlock_runtime::conformance::fresh_name("check");
+/// assert!(a.as_str().starts_with("conformance/check/"));
+/// assert_ne!(a, dlock_runtime::conformance::fresh_name("check"));
+/// ```
 pub fn fresh_name(prefix: &str) -> LockName {
-    let id = Owner::generate().id;
+    let id = crate::backend::random_id();
     LockName::new(format!("conformance/{prefix}/{}", &id[..12])).expect("valid name")
 }
 
