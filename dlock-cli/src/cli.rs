@@ -52,7 +52,7 @@ const RUN_AFTER_HELP: &str = "\
 THE COMMAND'S ENVIRONMENT:
   DLOCK_NAME           the lock name
   DLOCK_FENCING_TOKEN  the fencing token, where the backend issues them (file, dynamodb,
-                       mongodb); not set on s3 and gs. --fencing-env VAR sets VAR as well.
+                       mongodb, postgres, redis, etcd); not set on s3 and gs. --fencing-env VAR sets VAR as well.
 
 SIGNALS:
   The command runs in its own process group (like timeout(1)), so it cannot read from the
@@ -63,7 +63,7 @@ SIGNALS:
 
 LOST LEASE (--on-lost):
   kill  SIGTERM to the command's process group, SIGKILL 5 s later if it is still running;
-        dlock exits 79. The default on backends with leases (s3, gs, dynamodb, mongodb).
+        dlock exits 79. The default on backends with leases (all but file).
   warn  print a warning and let the command finish; its status passes through. The default on
         the file backend, whose locks last as long as dlock and are never lost.
 
@@ -125,7 +125,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Where the locks live: file:///dir, s3://bucket/prefix, gs://..., dynamodb://table,
-    /// mongodb://... [default: the file backend in $TMPDIR/dlock-$UID]
+    /// mongodb://..., postgres://..., redis://..., etcd://... [default: the file backend in $TMPDIR/dlock-$UID]
     #[arg(
         long,
         short = 'b',
@@ -147,8 +147,9 @@ fn backend_help() -> String {
     format!(
         "Where the locks live: file:///var/lock/app (this machine; add ?shared=true to share the \
          directory with every user), s3://bucket/prefix, gs://bucket/prefix, dynamodb://table, \
-         mongodb://host:port/db?collection=locks (and the schemes of backends added later, as \
-         dlock_runtime::backend_from_url takes them). memory:// is refused: a lock in the memory \
+         mongodb://host:port/db?collection=locks, postgres://user@host/db?table=locks, \
+         redis://host:6379/?prefix=dlock:, etcd://host:2379/prefix (every scheme \
+         dlock_runtime::backend_from_url takes). memory:// is refused: a lock in the memory \
          of a process that exits at once protects nothing.\n\n\
          Default: $DLOCK_BACKEND, else the file backend's per-user directory $TMPDIR/dlock-$UID \
          (here: {}), which locks across the processes of one user on this machine only.",

@@ -55,7 +55,8 @@ pub fn open(url: Option<&str>, sub: &str) -> Result<Target, Failure> {
                 "`{url}` is refused: a memory lock lives in the memory of one process, and each \
                  dlock command is a process of its own that exits at once, so such a lock would \
                  protect nothing\n\n  tip: use file:///var/lock/NAME for the processes of one \
-                 machine, or a shared store (s3://, gs://, dynamodb://, mongodb://) across machines"
+                 machine, or a shared store (s3://, gs://, dynamodb://, mongodb://, postgres://, redis://, \
+                 etcd://) across machines"
             ),
         ));
     }
@@ -70,7 +71,8 @@ pub fn open(url: Option<&str>, sub: &str) -> Result<Target, Failure> {
             format!(
                 "bad --backend (or DLOCK_BACKEND) `{url}`: {e}\n\n  tip: for example \
                  file:///var/lock/app, s3://bucket/prefix, gs://bucket/prefix, dynamodb://table, \
-                 mongodb://host:27017/db?collection=locks"
+                 mongodb://host:27017/db?collection=locks, postgres://user@host/db, \
+                 redis://host:6379/, etcd://host:2379/prefix"
             ),
         )),
         Err(e) => Err(Failure::from_error(&e, exit::CONFLICT)),

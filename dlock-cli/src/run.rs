@@ -35,7 +35,7 @@ pub async fn run(target: &Target, args: &RunArgs, ui: Ui) -> Result<u8, Failure>
             format!(
                 "--fencing-env {var}: the {} backend ({}) issues no fencing tokens, so there is \
                  nothing to put in {var}; drop the option, or keep the lock on a backend that \
-                 issues them (file, dynamodb, mongodb). Nothing was acquired",
+                 issues them (file, dynamodb, mongodb, postgres, redis, etcd). Nothing was acquired",
                 target.backend.kind(),
                 target.shown
             ),

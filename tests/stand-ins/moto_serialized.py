@@ -1,7 +1,7 @@
 """moto's server with one request at a time.
 
 moto checks a conditional write's precondition and then writes without a lock, so two
-concurrent conditional writes can both succeed (STAND-INS.md observed it for DynamoDB; for S3
+concurrent conditional writes can both succeed (seen for DynamoDB on this project's machines; for S3
 atomicity was only observed, never guaranteed). Real S3 and DynamoDB are atomic, and the
 multi-process tests count overlapping critical sections, so the stand-in must be too: this
 serves moto's own WSGI app behind one global lock, on 127.0.0.1 only.

