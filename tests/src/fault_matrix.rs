@@ -45,6 +45,10 @@ pub struct Target {
     pub requests: Matcher,
     /// Whether the protocol is HTTP, so throttling answers (429, 5xx) can be injected.
     pub http: bool,
+    /// Whether requests share one connection and interleave (gRPC over HTTP/2), so a matcher
+    /// cannot tell one request's bytes from another's: a fault meant for "the next request" is
+    /// then armed for the next several, to be sure it reaches the call under test.
+    pub multiplexed: bool,
 }
 
 /// Case-insensitive search for `needle` in `haystack`.
@@ -336,7 +340,8 @@ pub async fn slow_answers(target: Arc<Target>) {
     row.finish().await;
 
     let row = Row::new(&target, "an answer later than the timeout").await;
-    row.arm(Fault::DelayAnswer(Duration::from_secs(4)), 1);
+    let requests = if target.multiplexed { 8 } else { 1 };
+    row.arm(Fault::DelayAnswer(Duration::from_secs(4)), requests);
     let started = Instant::now();
     let result = row
         .lock()

@@ -161,6 +161,7 @@ fn fault_target() -> dlock_tests::fault_matrix::Target {
         // Every DynamoDB request is a lock request (there is no start-up check).
         requests: |request| dlock_tests::fault_matrix::contains(request, "x-amz-target: dynamodb"),
         http: true,
+        multiplexed: false,
     }
 }
 

@@ -216,6 +216,7 @@ fn fault_target() -> dlock_tests::fault_matrix::Target {
         direct: Arc::new(gcs("faults/")),
         requests: gcs_lock_request,
         http: true,
+        multiplexed: false,
     }
 }
 

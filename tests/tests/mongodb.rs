@@ -146,6 +146,7 @@ fn fault_target() -> dlock_tests::fault_matrix::Target {
         direct: Arc::new(mongo("faults")),
         requests: mongo_lock_request,
         http: false,
+        multiplexed: false,
     }
 }
 

@@ -708,6 +708,7 @@ fn fault_target() -> dlock_tests::fault_matrix::Target {
         direct: Arc::new(settings("dlock_faults").build().expect("settings")),
         requests: postgres_lock_request,
         http: false,
+        multiplexed: false,
     }
 }
 

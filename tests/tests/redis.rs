@@ -790,6 +790,7 @@ fn fault_target() -> dlock_tests::fault_matrix::Target {
         direct: Arc::new(settings("dlock-faults:").build().expect("settings")),
         requests: redis_lock_request,
         http: false,
+        multiplexed: false,
     }
 }
 
