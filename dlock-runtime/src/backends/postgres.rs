@@ -6,18 +6,17 @@
 use crate::backend::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version,
 };
+use crate::backends::notify::{self, Heard, Listener, keep_alive, within};
 use crate::background::Background;
 use crate::{Error, LockName};
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
@@ -34,14 +33,6 @@ const MAX_IDENTIFIER: usize = 63;
 const DEFAULT_POOL_SIZE: usize = 8;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the listening connection is checked with a query (a dead one is replaced).
-const LISTEN_PING: Duration = Duration::from_secs(5);
-/// How long a waiter sleeps between looks while the listening connection is down.
-const FALLBACK_POLL: Duration = Duration::from_millis(500);
-/// The most releases the listener remembers (it forgets older ones first, then all).
-const MAX_REMEMBERED: usize = 4096;
-/// How long the listener remembers a release when it has to forget some.
-const REMEMBER: Duration = Duration::from_secs(60);
 /// The longest lease written to the table (about a hundred years): `now() + ttl` must fit.
 const MAX_TTL_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
 
@@ -171,7 +162,7 @@ pub struct PostgresBackend {
     sql: Statements,
     endpoint: String,
     request_timeout: Duration,
-    listener: Option<Arc<Listener>>,
+    listener: Option<Arc<Listener<Listen>>>,
 }
 
 impl fmt::Debug for PostgresBackend {
@@ -381,15 +372,12 @@ impl PostgresBuilder {
             let mut config = config;
             let name = config.get_application_name().unwrap_or("dlock").to_string();
             config.application_name(format!("{name} (listener)"));
-            Arc::new(Listener {
+            Arc::new(Listener::new(Listen {
                 config,
                 channel: table.channel.clone(),
                 connect_timeout: create_timeout,
                 request_timeout: self.request_timeout,
-                state: Mutex::default(),
-                everyone: Notify::new(),
-                task: Mutex::new(None),
-            })
+            }))
         });
         Ok(PostgresBackend {
             pool,
@@ -1131,113 +1119,37 @@ async fn connect_here(
     Ok((client, driver))
 }
 
-/// The listening connection shared by a backend's waiters.
-struct Listener {
+/// The PostgreSQL half of the backend's [`Listener`]: a connection of its own that `LISTEN`s
+/// on the table's channel.
+struct Listen {
     config: Config,
     channel: String,
     connect_timeout: Duration,
     request_timeout: Duration,
-    state: Mutex<ListenState>,
-    /// Woken when the connection is made or lost: every waiter looks again.
-    everyone: Notify,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-#[derive(Default)]
-struct ListenState {
-    /// When `LISTEN` last took effect; `None` while not listening.
-    listening_since: Option<Instant>,
-    /// When a release of each name was last heard.
-    released: HashMap<String, Instant>,
-    /// Releases heard before this were forgotten.
-    forgotten_before: Option<Instant>,
-    /// The waiters of each name.
-    waiters: HashMap<String, Arc<Notify>>,
-}
-
-/// A waiter's registration; removed with the last waiter of its name.
-struct Registration<'a> {
-    listener: &'a Listener,
-    name: &'a str,
-    notify: Arc<Notify>,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        let mut state = self.listener.lock();
-        if let Some(notify) = state.waiters.get(self.name)
-            && Arc::ptr_eq(notify, &self.notify)
-            && Arc::strong_count(notify) <= 2
-        {
-            state.waiters.remove(self.name);
-        }
-    }
-}
-
-impl Listener {
-    fn lock(&self) -> MutexGuard<'_, ListenState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts the listening task unless it runs.
-    fn start(self: &Arc<Self>) {
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.is_some() {
-            return;
-        }
-        match Background::default().spawn(self.clone().run()) {
-            Ok(handle) => *task = Some(handle.abort_handle()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start listening for PostgreSQL notifications; waiters poll");
-            }
-        }
-    }
-
-    fn stop(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-    }
-
-    /// Listens until stopped, reconnecting after a growing pause when the connection ends.
-    async fn run(self: Arc<Self>) {
-        let mut failures: u32 = 0;
-        loop {
-            let result = self.session().await;
-            let was_listening = self.disconnected();
-            match result {
-                Err(e) if was_listening => {
-                    tracing::info!(error = %e, "lost the PostgreSQL connection that listens for releases; reconnecting");
-                    failures = 0;
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, "cannot listen for PostgreSQL notifications; waiters poll until it works");
-                }
-                Ok(()) => failures = 0,
-            }
-            let base = Duration::from_millis(50)
-                .saturating_mul(1 << failures.min(7))
-                .min(Duration::from_secs(5));
-            let jitter = base.mul_f64(fastrand::f64() * 0.5);
-            tokio::time::sleep(base + jitter).await;
-        }
-    }
+impl notify::Server for Listen {
+    const START_FAILED: &'static str =
+        "cannot start listening for PostgreSQL notifications; waiters poll";
+    const LOST: &'static str =
+        "lost the PostgreSQL connection that listens for releases; reconnecting";
+    const FAILING: &'static str =
+        "cannot listen for PostgreSQL notifications; waiters poll until it works";
 
     /// One listening connection, until it fails.
-    async fn session(&self) -> Result<(), String> {
-        let connect = tokio::time::timeout(self.connect_timeout, self.config.connect(NoTls));
-        let (client, mut connection) = match connect.await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no connection within the connect timeout".into()),
-        };
+    async fn session(&self, heard: &Heard) -> Result<(), String> {
+        let (client, mut connection) = within(
+            self.connect_timeout,
+            self.config.connect(NoTls),
+            "no connection within the connect timeout",
+        )
+        .await?;
         let drive = async {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         if n.channel() == self.channel {
-                            self.released(n.payload());
+                            heard.released(n.payload());
                         }
                     }
                     Some(Ok(_)) => {}
@@ -1248,107 +1160,14 @@ impl Listener {
         };
         let talk = async {
             let listen = format!("LISTEN \"{}\"", self.channel);
-            match tokio::time::timeout(self.request_timeout, client.batch_execute(&listen)).await {
-                Ok(Ok(())) => self.connected(),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("no answer to LISTEN".to_string()),
-            }
-            loop {
-                tokio::time::sleep(LISTEN_PING).await;
-                match tokio::time::timeout(self.request_timeout, client.batch_execute("SELECT 1"))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("no answer to a ping".to_string()),
-                }
-            }
+            let listening = client.batch_execute(&listen);
+            within(self.request_timeout, listening, "no answer to LISTEN").await?;
+            heard.connected();
+            keep_alive(self.request_timeout, || client.batch_execute("SELECT 1")).await
         };
         tokio::select! {
             result = drive => result,
             result = talk => result,
-        }
-    }
-
-    fn connected(&self) {
-        self.lock().listening_since = Some(Instant::now());
-        self.everyone.notify_waiters();
-    }
-
-    /// Returns whether it was listening.
-    fn disconnected(&self) -> bool {
-        let was = self.lock().listening_since.take().is_some();
-        self.everyone.notify_waiters();
-        was
-    }
-
-    fn released(&self, name: &str) {
-        let now = Instant::now();
-        let mut state = self.lock();
-        state.released.insert(name.to_string(), now);
-        if state.released.len() > MAX_REMEMBERED {
-            let horizon = now.checked_sub(REMEMBER).unwrap_or(now);
-            state.released.retain(|_, at| *at >= horizon);
-            if state.released.len() > MAX_REMEMBERED {
-                state.released.clear();
-                state.forgotten_before = Some(now);
-            } else {
-                state.forgotten_before =
-                    Some(horizon.max(state.forgotten_before.unwrap_or(horizon)));
-            }
-        }
-        if let Some(notify) = state.waiters.get(name) {
-            notify.notify_waiters();
-        }
-    }
-
-    /// Returns when `name` may have been released after `since`: at once if a release was
-    /// heard since then (or the connection was made since then, so one may have been missed),
-    /// else at the next release, connection change or — while not listening — a short poll.
-    async fn wait(&self, name: &str, since: Instant) {
-        let registration = {
-            let mut state = self.lock();
-            let notify = state
-                .waiters
-                .entry(name.to_string())
-                .or_insert_with(|| Arc::new(Notify::new()))
-                .clone();
-            Registration {
-                listener: self,
-                name,
-                notify,
-            }
-        };
-        let mut mine = pin!(registration.notify.notified());
-        let mut all = pin!(self.everyone.notified());
-        let listening = {
-            let state = self.lock();
-            // Subscribed before looking: a release heard after this look wakes us.
-            mine.as_mut().enable();
-            all.as_mut().enable();
-            match state.listening_since {
-                None => false,
-                Some(at) if at > since => return,
-                Some(_) => {
-                    let heard = state.released.get(name).is_some_and(|at| *at > since);
-                    let forgotten = state.forgotten_before.is_some_and(|at| at > since);
-                    if heard || forgotten {
-                        return;
-                    }
-                    true
-                }
-            }
-        };
-        if listening {
-            tokio::select! {
-                _ = mine => {}
-                _ = all => {}
-            }
-        } else {
-            tokio::select! {
-                _ = all => {}
-                _ = tokio::time::sleep(FALLBACK_POLL) => {}
-            }
         }
     }
 }

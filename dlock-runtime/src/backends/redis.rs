@@ -7,6 +7,7 @@
 use crate::backend::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Holder, Lease, Owner, Version,
 };
+use crate::backends::notify::{self, Heard, Listener, keep_alive, within};
 use crate::background::Background;
 use crate::{Error, LockName};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -14,13 +15,11 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ErrorKind as RedisKind, ProtocolVersion, PushInfo,
     PushKind, RedisError, ServerErrorKind, Value,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Notify;
 
 const KIND: &str = "redis";
 /// The key prefix used when none is configured.
@@ -29,12 +28,6 @@ pub(crate) const DEFAULT_PREFIX: &str = "dlock:";
 const MAX_PREFIX: usize = 256;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the listening connection is checked with a `PING` (a dead one is replaced).
-const LISTEN_PING: Duration = Duration::from_secs(5);
-/// How long a waiter sleeps between looks while the listening connection is down.
-const FALLBACK_POLL: Duration = Duration::from_millis(500);
-/// The most releases the listener remembers before it forgets them all.
-const MAX_REMEMBERED: usize = 4096;
 /// The longest lease written (about a hundred years): `PEXPIRE` takes milliseconds as i64.
 const MAX_TTL_MS: u64 = 100 * 366 * 24 * 3600 * 1000;
 /// Keys read per `SCAN` step when listing.
@@ -247,7 +240,7 @@ pub struct RedisBackend {
     endpoint: String,
     request_timeout: Duration,
     scripts: Arc<Scripts>,
-    listener: Option<Arc<Listener>>,
+    listener: Option<Arc<Listener<Subscribe>>>,
 }
 
 struct Scripts {
@@ -414,15 +407,12 @@ impl RedisBuilder {
                 .set_protocol(ProtocolVersion::RESP3);
             let listen_client = Client::open(info.set_redis_settings(settings))
                 .map_err(|e| config_error(format!("the URL cannot be used ({e})")))?;
-            Some(Arc::new(Listener {
+            Some(Arc::new(Listener::new(Subscribe {
                 client: listen_client,
                 channel: keys.channel.clone(),
                 connect_timeout: self.connect_timeout,
                 request_timeout: self.request_timeout,
-                state: Mutex::default(),
-                changed: Notify::new(),
-                task: Mutex::new(None),
-            }))
+            })))
         } else {
             None
         };
@@ -1189,195 +1179,81 @@ impl Backend for RedisBackend {
     }
 }
 
-/// The subscribed connection shared by a backend's waiters.
-struct Listener {
+/// The Redis half of the backend's [`Listener`]: a RESP3 connection of its own subscribed to
+/// the release channel.
+struct Subscribe {
     client: Client,
     channel: String,
     connect_timeout: Duration,
     request_timeout: Duration,
-    state: Mutex<Heard>,
-    /// Woken on every release heard and every connection change: waiters look again.
-    changed: Notify,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
-#[derive(Default)]
-struct Heard {
-    /// When the subscription last took effect; `None` while not subscribed.
-    subscribed_since: Option<Instant>,
-    /// When a release of each name was last heard.
-    released: HashMap<String, Instant>,
-    /// Releases heard before this were forgotten.
-    forgotten_before: Option<Instant>,
-}
-
-impl Listener {
-    fn lock(&self) -> MutexGuard<'_, Heard> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts the listening task unless it runs.
-    fn start(self: &Arc<Self>) {
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.is_some() {
-            return;
-        }
-        match Background::default().spawn(self.clone().run()) {
-            Ok(handle) => *task = Some(handle.abort_handle()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start listening for Redis releases; waiters poll");
-            }
-        }
-    }
-
-    fn stop(&self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-    }
-
-    /// Subscribes until stopped, again after a growing pause when the connection ends.
-    async fn run(self: Arc<Self>) {
-        let mut failures: u32 = 0;
-        loop {
-            let result = self.session().await;
-            let was_subscribed = self.lock().subscribed_since.take().is_some();
-            self.changed.notify_waiters();
-            match result {
-                Err(e) if was_subscribed => {
-                    tracing::info!(error = %e, "lost the Redis connection that listens for releases; reconnecting");
-                    failures = 0;
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, "cannot subscribe to Redis releases; waiters poll until it works");
-                }
-                Ok(()) => failures = 0,
-            }
-            let base = Duration::from_millis(50)
-                .saturating_mul(1 << failures.min(7))
-                .min(Duration::from_secs(5));
-            tokio::time::sleep(base + base.mul_f64(fastrand::f64() * 0.5)).await;
-        }
-    }
+impl notify::Server for Subscribe {
+    const START_FAILED: &'static str = "cannot start listening for Redis releases; waiters poll";
+    const LOST: &'static str = "lost the Redis connection that listens for releases; reconnecting";
+    const FAILING: &'static str = "cannot subscribe to Redis releases; waiters poll until it works";
 
     /// One subscribed connection, until it fails.
-    async fn session(self: &Arc<Self>) -> Result<(), String> {
+    async fn session(&self, heard: &Heard) -> Result<(), String> {
         let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.request_timeout))
             .set_push_sender(sender);
-        let mut connection: MultiplexedConnection = match tokio::time::timeout(
+        let mut connection: MultiplexedConnection = within(
             self.connect_timeout.saturating_mul(2),
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
+            "no connection within the connect timeout",
         )
-        .await
-        {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no connection within the connect timeout".into()),
-        };
+        .await?;
         // For operators (CLIENT LIST); a server that refuses it still delivers messages.
         let _ = redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg("dlock-listener")
             .query_async::<Value>(&mut connection)
             .await;
-        match tokio::time::timeout(self.request_timeout, connection.subscribe(&self.channel)).await
-        {
-            Ok(Ok(())) => {
-                self.lock().subscribed_since = Some(Instant::now());
-                self.changed.notify_waiters();
-            }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no answer to SUBSCRIBE".into()),
-        }
-        let mut ping = tokio::time::interval(LISTEN_PING);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                push = pushes.recv() => match push {
-                    None => return Err("the connection ended".into()),
+        let subscribing = connection.subscribe(&self.channel);
+        within(self.request_timeout, subscribing, "no answer to SUBSCRIBE").await?;
+        heard.connected();
+        let read = async {
+            loop {
+                match pushes.recv().await {
+                    None => return Err("the connection ended".to_string()),
                     Some(push) if push.kind == PushKind::Disconnection => {
-                        return Err("the server closed the connection".into());
+                        return Err("the server closed the connection".to_string());
                     }
-                    Some(push) if push.kind == PushKind::Message => self.heard(&push.data),
+                    Some(push) if push.kind == PushKind::Message => self.heard(heard, &push.data),
                     Some(_) => {}
-                },
-                _ = ping.tick() => {
-                    let pong = tokio::time::timeout(
-                        self.request_timeout,
-                        redis::cmd("PING").query_async::<Value>(&mut connection),
-                    )
-                    .await;
-                    match pong {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e.to_string()),
-                        Err(_) => return Err("no answer to a ping".into()),
-                    }
                 }
             }
+        };
+        let ping = || {
+            let mut connection = connection.clone();
+            async move {
+                let pong = redis::cmd("PING")
+                    .query_async::<Value>(&mut connection)
+                    .await;
+                pong.map(|_| ())
+            }
+        };
+        tokio::select! {
+            result = read => result,
+            result = keep_alive(self.request_timeout, ping) => result,
         }
     }
+}
 
+impl Subscribe {
     /// A message: `[channel, name]`.
-    fn heard(&self, data: &[Value]) {
+    fn heard(&self, heard: &Heard, data: &[Value]) {
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(name))) =
             (data.first(), data.get(1))
         else {
             return;
         };
-        if channel.as_slice() != self.channel.as_bytes() {
-            return;
-        }
-        let now = Instant::now();
-        {
-            let mut state = self.lock();
-            if state.released.len() >= MAX_REMEMBERED {
-                state.released.clear();
-                state.forgotten_before = Some(now);
-            }
-            state
-                .released
-                .insert(String::from_utf8_lossy(name).into_owned(), now);
-        }
-        self.changed.notify_waiters();
-    }
-
-    /// Returns when `name` may have been released after `since`: at once if a release was
-    /// heard since then (or the subscription started since then, so one may have been
-    /// missed), else at the next release of it or connection change, or — while not
-    /// subscribed — after a short poll.
-    async fn wait(&self, name: &str, since: Instant) {
-        loop {
-            let mut changed = pin!(self.changed.notified());
-            let subscribed = {
-                let state = self.lock();
-                // Registered before looking: a release heard after this look wakes us.
-                changed.as_mut().enable();
-                match state.subscribed_since {
-                    None => false,
-                    Some(at) if at > since => return,
-                    Some(_) => {
-                        let heard = state.released.get(name).is_some_and(|at| *at > since);
-                        if heard || state.forgotten_before.is_some_and(|at| at > since) {
-                            return;
-                        }
-                        true
-                    }
-                }
-            };
-            if subscribed {
-                changed.await;
-            } else {
-                tokio::select! {
-                    _ = changed => {}
-                    _ = tokio::time::sleep(FALLBACK_POLL) => {}
-                }
-                return;
-            }
+        if channel.as_slice() == self.channel.as_bytes() {
+            heard.released(&String::from_utf8_lossy(name));
         }
     }
 }
