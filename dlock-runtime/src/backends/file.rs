@@ -227,9 +227,8 @@ impl FileBackend {
         let watch = Watch::new(path)?;
         let until = tokio::time::Instant::now() + YIELD;
         loop {
-            let meta = file.metadata().map_err(|e| io_error(path, e))?;
-            if let Some(Some(pid)) = kernel_lock_pid(&meta) {
-                return Ok(Some(read_holder(file, pid).await));
+            if holder_marked(file) {
+                return Ok(Some(read_holder(file, None, false).await));
             }
             if !marked_below(file, ticket) || !same_file(file, path) {
                 return Ok(None);
@@ -305,18 +304,28 @@ impl FileBackend {
                 }
             }
         }
+        unmark_held(&file);
         file.unlock().map_err(|e| io_error(&path, e))
         // Dropping `file` closes it.
     }
 
     /// The holder of an open lock file, if it is locked: from the kernel's lock table, which
     /// reading does not disturb, and the holder's record.
-    async fn holder_of(&self, file: &File) -> Result<Option<Holder>, Error> {
+    /// With `patient`, a holder that has not written its record yet is waited for a little
+    /// (for `inspect` and `list`); without, it is reported as not yet known at once (for
+    /// waiting, which the record's write wakes anyway).
+    async fn holder_of(&self, file: &File, patient: bool) -> Result<Option<Holder>, Error> {
         let meta = file
             .metadata()
             .map_err(|e| Error::permanent(KIND, e.to_string(), None))?;
+        if holder_marked(file) {
+            return Ok(Some(read_holder(file, None, patient).await));
+        }
+        // Not marked: free, or held by a process that has not marked it yet (or by an older
+        // dlock): ask the kernel's lock table, which is slow (reading it waits for an RCU
+        // grace period, milliseconds) but exact.
         match kernel_lock_pid(&meta) {
-            Some(Some(pid)) => Ok(Some(read_holder(file, pid).await)),
+            Some(Some(pid)) => Ok(Some(read_holder(file, Some(pid), patient).await)),
             Some(None) => Ok(None),
             // No kernel lock table to read: ask for a shared lock instead (a concurrent
             // acquirer may then see the lock busy for a moment).
@@ -325,7 +334,9 @@ impl FileBackend {
                     let _ = file.unlock();
                     Ok(None)
                 }
-                Err(TryLockError::WouldBlock) => Ok(Some(read_holder(file, 0).await)),
+                Err(TryLockError::WouldBlock) => {
+                    Ok(Some(read_holder(file, Some(0), patient).await))
+                }
                 Err(TryLockError::Error(e)) => Err(Error::permanent(KIND, e.to_string(), None)),
             },
         }
@@ -386,10 +397,9 @@ impl Backend for FileBackend {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    let meta = file.metadata().map_err(|e| io_error(&path, e))?;
-                    let pid = kernel_lock_pid(&meta).flatten().unwrap_or(0);
+                    // The place first: it orders this waiter, and the holder may be releasing.
                     self.take_place(&request.owner, &file);
-                    return Ok(AcquireOutcome::Busy(read_holder(&file, pid).await));
+                    return Ok(AcquireOutcome::Busy(read_holder(&file, None, false).await));
                 }
                 Err(TryLockError::Error(e)) => return Err(io_error(&path, e)),
             }
@@ -398,6 +408,7 @@ impl Backend for FileBackend {
             if !same_file(&file, &path) {
                 continue;
             }
+            mark_held(&file);
             let token = match self.next_token() {
                 Ok(token) => token,
                 Err(e) => {
@@ -454,7 +465,7 @@ impl Backend for FileBackend {
         let path = self.path_for(name);
         match self.open(&path, false)? {
             None => Ok(None),
-            Some(file) => self.holder_of(&file).await,
+            Some(file) => self.holder_of(&file, true).await,
         }
     }
 
@@ -475,7 +486,7 @@ impl Backend for FileBackend {
             let Ok(Some(file)) = open_lock_file(&entry.path(), false, self.file_mode()) else {
                 continue;
             };
-            let Some(holder) = self.holder_of(&file).await? else {
+            let Some(holder) = self.holder_of(&file, true).await? else {
                 continue;
             };
             let name = read_record(&file)
@@ -524,7 +535,22 @@ impl Backend for FileBackend {
         };
         // Watch first, then look: a release between the two still wakes us.
         let watch = Watch::new(&path)?;
-        match self.holder_of(&file).await? {
+        if !holder_marked(&file) {
+            // Not marked as held: a release clears the record before it drops the mark, so
+            // without a holder in the record the lock is free: look again at once. A record
+            // with a holder but no mark is a holder that died (or one that does not mark):
+            // the kernel's table, slow but exact, decides below.
+            if !matches!(
+                read_record(&file),
+                Some(Record {
+                    holder: Some(_),
+                    ..
+                })
+            ) {
+                return Ok(());
+            }
+        }
+        match self.holder_of(&file, false).await? {
             Some(holder) if &holder.version == seen || holder.owner.is_unknown() => {}
             _ => return Ok(()),
         }
@@ -737,10 +763,38 @@ fn set_mark(file: &File, ticket: i64) -> io::Result<()> {
 
 /// Whether another open file description marks a place below `ticket` on this file.
 fn marked_below(file: &File, ticket: i64) -> bool {
-    if ticket <= 0 {
+    if ticket <= 1 {
         return false;
     }
-    let mut probe = byte_lock(libc::F_WRLCK as libc::c_short, 0, ticket);
+    // From byte 1: byte 0 is the holder's mark, not a place.
+    let mut probe = byte_lock(libc::F_WRLCK as libc::c_short, 1, ticket - 1);
+    match nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe)) {
+        Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
+        Err(_) => false,
+    }
+}
+
+/// Marks the lock of `file` as held, for readers: a write lock on byte 0 (an
+/// open-file-description lock, so the kernel drops it when the holder's file is closed, also
+/// when its process is killed). `flock` decides who holds the lock; this mark only lets others
+/// see that it is held without reading `/proc/locks`, which costs milliseconds. A mark that
+/// cannot be set only makes waiting slower.
+fn mark_held(file: &File) {
+    let mark = byte_lock(libc::F_WRLCK as libc::c_short, 0, 1);
+    if let Err(e) = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&mark)) {
+        tracing::debug!(error = %e, "could not mark a held lock file");
+    }
+}
+
+/// Removes the mark of [`mark_held`] (before the `flock` is released).
+fn unmark_held(file: &File) {
+    let mark = byte_lock(libc::F_UNLCK as libc::c_short, 0, 1);
+    let _ = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&mark));
+}
+
+/// Whether another open file description marks the lock of this file as held.
+fn holder_marked(file: &File) -> bool {
+    let mut probe = byte_lock(libc::F_RDLCK as libc::c_short, 0, 1);
     match nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe)) {
         Ok(_) => probe.l_type != libc::F_UNLCK as libc::c_short,
         Err(_) => false,
@@ -867,23 +921,29 @@ fn read_record(file: &File) -> Option<Record> {
     })
 }
 
-/// The holder of a locked file (`pid` from the kernel, 0 if unknown). A new holder writes its
-/// record just after locking, so a file without one is re-read a few times before the holder
-/// is reported as not yet known.
-async fn read_holder(file: &File, pid: u32) -> Holder {
-    for _ in 0..5 {
+/// The holder of a locked file, from its record. A new holder writes its record just after
+/// locking, so with `patient` a file marked held without one is re-read a few times before the
+/// holder is reported as not yet known, with pid `pid` (0 if not known).
+async fn read_holder(file: &File, pid: Option<u32>, patient: bool) -> Holder {
+    for _ in 0..if patient { 5 } else { 1 } {
         if let Some(Record {
             holder: Some(h), ..
         }) = read_record(file)
         {
             return h;
         }
+        // A holder marks the file before it writes its record: without the mark the lock has
+        // been freed meanwhile (or its holder does not mark), and the caller should look again
+        // rather than wait here.
+        if !patient || !holder_marked(file) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Holder {
         owner: Owner {
-            pid,
-            host: if pid == 0 {
+            pid: pid.unwrap_or(0),
+            host: if pid.unwrap_or(0) == 0 {
                 String::new()
             } else {
                 crate::host_name().to_string()
