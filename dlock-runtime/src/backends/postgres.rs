@@ -818,7 +818,9 @@ impl PostgresBackend {
         }
     }
 
-    /// Runs one statement on a pooled connection, bounded by the request timeout.
+    /// Runs one statement on a pooled connection, bounded by the request timeout. Statements
+    /// are prepared once per connection (the first use costs one more round trip), so the
+    /// server does not parse and plan them on every call.
     async fn query(
         &self,
         doing: &str,
@@ -828,7 +830,10 @@ impl PostgresBackend {
         let mut connection = self.connection().await?;
         let result = connection
             .run(self.request_timeout, |client| async move {
-                client.query_typed(sql, params).await
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                let statement = client.prepare_typed_cached(sql, &types).await?;
+                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                client.query(&statement, &values).await
             })
             .await?;
         result.map_err(|e| self.error(doing, e))
@@ -1033,13 +1038,13 @@ impl Checkout {
         f: F,
     ) -> Result<Result<T, tokio_postgres::Error>, Error>
     where
-        F: FnOnce(&'a tokio_postgres::Client) -> Fut,
+        F: FnOnce(&'a deadpool_postgres::ClientWrapper) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + 'a,
     {
         let Some(object) = self.object.as_ref() else {
             return Err(Error::temporary(KIND, "no connection", None));
         };
-        let client: &tokio_postgres::Client = object;
+        let client: &deadpool_postgres::ClientWrapper = object;
         match tokio::time::timeout(timeout, f(client)).await {
             Ok(result) => {
                 // An error the server sent leaves the connection usable; anything else
