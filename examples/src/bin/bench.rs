@@ -61,9 +61,11 @@ fn row(what: &str, time: Duration, baseline: Duration) {
 }
 
 /// The calls the file backend makes for one cycle, made directly: open (no follow), fstat
-/// (the link-count and size checks), flock, read the last fencing token, write the holder
-/// record, then clear it, unlock and close.
-fn raw_file_cycle(path: &std::path::Path) {
+/// (the link-count check), flock, stat of the path (the file is still the one there), the
+/// directory's fencing counter (flock, read, write, unlock), write the holder record; then
+/// unlink the file while holding it, unlock and close. Not included: the `fcntl` calls of
+/// first-come-first-served waiting and of the held mark (no libc in this example).
+fn raw_file_cycle(path: &std::path::Path, counter: &File) {
     let file: File = OpenOptions::new()
         .read(true)
         .write(true)
@@ -75,14 +77,27 @@ fn raw_file_cycle(path: &std::path::Path) {
     let meta = file.metadata().expect("fstat");
     assert_eq!(meta.nlink(), 1);
     file.try_lock().expect("uncontended");
-    let mut buf = [0u8; 4096];
-    let _ = file.read_at(&mut buf, 0).expect("read");
-    let held = b"dlock-lock v1\ntoken=1\nowner=0123456789abcdef0123456789abcdef\nhost=h\npid=1\nacquired_at_ms=0\nend\n";
-    file.write_all_at(held, 0).expect("write");
+    let at_path = std::fs::metadata(path).expect("stat");
+    assert_eq!(at_path.ino(), meta.ino());
+    counter.lock().expect("counter lock");
+    let mut buf = [0u8; 64];
+    let n = counter.read_at(&mut buf, 0).expect("read counter");
+    let token = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let text = format!("{token}\n");
+    counter
+        .write_all_at(text.as_bytes(), 0)
+        .expect("write counter");
+    counter.unlock().expect("counter unlock");
+    let held = format!(
+        "dlock-lock v2\ntoken={token}\nowner=0123456789abcdef0123456789abcdef\nhost=h\npid=1\nacquired_at_ms=0\nend\n"
+    );
+    file.write_all_at(held.as_bytes(), 0).expect("write");
     file.set_len(held.len() as u64).expect("truncate");
-    let free = b"dlock-lock v1\ntoken=1\nend\n";
-    file.write_all_at(free, 0).expect("write");
-    file.set_len(free.len() as u64).expect("truncate");
+    std::fs::remove_file(path).expect("unlink");
     file.unlock().expect("unlock");
 }
 
@@ -127,7 +142,14 @@ async fn main() {
     println!("|{}|-----------|--------|", "-".repeat(64));
 
     let path = dir.path().join("raw.lock");
-    let raw = mean(5000, || async { raw_file_cycle(&path) }).await;
+    let counter = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.path().join("raw-fencing"))
+        .expect("counter");
+    let raw = mean(5000, || async { raw_file_cycle(&path, &counter) }).await;
     row("file: the same syscalls, made directly", raw, raw);
     let backend_only = mean(5000, || backend_cycle(file.as_ref(), "bench-backend")).await;
     row("file: Backend::try_acquire + release", backend_only, raw);
@@ -163,6 +185,18 @@ async fn main() {
     if let Ok(uri) = std::env::var("DLOCK_TEST_MONGODB_URI") {
         cloud::mongodb(&uri).await;
     }
+    #[cfg(feature = "postgres")]
+    if let Ok(url) = std::env::var("DLOCK_TEST_POSTGRES_URL") {
+        servers::postgres(&url).await;
+    }
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("DLOCK_TEST_REDIS_URL") {
+        servers::redis(&url).await;
+    }
+    #[cfg(feature = "etcd")]
+    if let Ok(endpoint) = std::env::var("DLOCK_TEST_ETCD_ENDPOINT") {
+        servers::etcd(&endpoint).await;
+    }
 }
 
 /// Remote stores: a lock cycle costs one conditional write to take the lock and one to free it.
@@ -170,17 +204,20 @@ async fn main() {
     feature = "s3",
     feature = "gcs",
     feature = "dynamodb",
-    feature = "mongodb"
+    feature = "mongodb",
+    feature = "postgres",
+    feature = "redis",
+    feature = "etcd"
 ))]
 mod cloud {
-    use super::{lock_cycle, row};
+    pub(crate) use super::{lock_cycle, row};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     /// Means of a raw cycle and a lock cycle, measured in alternating batches so that both see
     /// the same server conditions (the stand-ins' latency drifts by a fifth between runs); the
     /// median batch mean of each.
-    async fn paired<R, RF, L, LF>(mut raw: R, mut lock: L) -> (Duration, Duration)
+    pub(crate) async fn paired<R, RF, L, LF>(mut raw: R, mut lock: L) -> (Duration, Duration)
     where
         R: FnMut() -> RF,
         RF: std::future::Future<Output = ()>,
@@ -453,5 +490,165 @@ mod cloud {
             lock,
             raw,
         );
+    }
+}
+
+/// Servers with a lock of their own: the statements / commands a lock cycle sends, made
+/// through the same client library as the backend.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "etcd"))]
+mod servers {
+    use super::cloud::{lock_cycle, paired, row};
+    use std::sync::Arc;
+
+    const OWNER: &str = "0123456789abcdef0123456789abcdef";
+    const VERSION: &str = "fedcba9876543210fedcba9876543210";
+
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(url: &str) {
+        let backend = dlock_runtime::PostgresBackend::builder()
+            .url(url)
+            .table("dlock_bench")
+            .build()
+            .expect("postgres");
+        backend.create_table().await.expect("create table");
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        // The shape of the backend's statements: one conditional upsert taking a token from the
+        // sequence, one conditional update freeing the row and notifying waiters.
+        let acquire = client
+            .prepare(
+                "INSERT INTO dlock_bench AS l (name, owner, host, pid, version, fencing_token, ttl_ms, acquired_at, expires_at) \
+                 VALUES ($1, $2, 'host', 1, $3, nextval('dlock_bench_fencing'), 30000, now(), now() + interval '30 seconds') \
+                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, host = excluded.host, pid = excluded.pid, \
+                 version = excluded.version, fencing_token = nextval('dlock_bench_fencing'), ttl_ms = excluded.ttl_ms, \
+                 acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
+                 WHERE l.owner IS NULL OR l.expires_at <= now() RETURNING l.fencing_token",
+            )
+            .await
+            .expect("prepare");
+        let release = client
+            .prepare(
+                "WITH freed AS (UPDATE dlock_bench SET owner = NULL, host = NULL, pid = NULL, version = NULL, \
+                 ttl_ms = NULL, acquired_at = NULL, expires_at = NULL \
+                 WHERE name = $1 AND owner = $2 AND version = $3 RETURNING name) \
+                 SELECT pg_notify('dlock_bench', name) FROM freed",
+            )
+            .await
+            .expect("prepare");
+        let raw_cycle = || async {
+            let taken = client
+                .query(&acquire, &[&"bench-raw", &OWNER, &VERSION])
+                .await
+                .expect("acquire");
+            assert_eq!(taken.len(), 1, "uncontended");
+            client
+                .query(&release, &[&"bench-raw", &OWNER, &VERSION])
+                .await
+                .expect("release");
+        };
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-postgres")).await;
+        row("postgres: the same upsert + conditional update", raw, raw);
+        row("postgres: Lock::acquire_on + release", lock, raw);
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis(url: &str) {
+        let client = redis::Client::open(url).expect("redis url");
+        let connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        // One script that sets a hash if absent, expires it and takes a token; one that deletes
+        // it if the owner and version match and publishes the release.
+        let acquire = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return false end \
+             local token = redis.call('INCR', KEYS[2]) \
+             redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'version', ARGV[2], 'token', token) \
+             redis.call('PEXPIRE', KEYS[1], ARGV[3]) return token",
+        );
+        let release = redis::Script::new(
+            "if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] and \
+             redis.call('HGET', KEYS[1], 'version') == ARGV[2] then redis.call('DEL', KEYS[1]) \
+             redis.call('PUBLISH', KEYS[2], KEYS[1]) return 1 end return 0",
+        );
+        let raw_cycle = || {
+            let mut connection = connection.clone();
+            let (acquire, release) = (&acquire, &release);
+            async move {
+                let token: Option<i64> = acquire
+                    .key("dlock-bench:raw")
+                    .key("dlock-bench:raw:fencing")
+                    .arg(OWNER)
+                    .arg(VERSION)
+                    .arg(30_000)
+                    .invoke_async(&mut connection)
+                    .await
+                    .expect("acquire");
+                assert!(token.is_some(), "uncontended");
+                let _: i64 = release
+                    .key("dlock-bench:raw")
+                    .key("dlock-bench:released")
+                    .arg(OWNER)
+                    .arg(VERSION)
+                    .invoke_async(&mut connection)
+                    .await
+                    .expect("release");
+            }
+        };
+        let backend = dlock_runtime::RedisBackend::from_url(url).expect("redis");
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-redis")).await;
+        row("redis: two scripts of the same shape (EVALSHA)", raw, raw);
+        row("redis: Lock::acquire_on + release", lock, raw);
+    }
+
+    #[cfg(feature = "etcd")]
+    pub async fn etcd(endpoint: &str) {
+        use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+        let client = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("connect");
+        let key = "dlock-bench/raw";
+        let value = format!("{OWNER} {VERSION}");
+        // A lease and a transaction creating the key on it if absent; a transaction deleting it
+        // at its revision, and the lease revoked.
+        let raw_cycle = || {
+            let mut client = client.clone();
+            let value = value.clone();
+            async move {
+                let lease = client.lease_grant(30, None).await.expect("lease").id();
+                let create = Txn::new()
+                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key,
+                        value,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                let taken = client.txn(create).await.expect("acquire");
+                assert!(taken.succeeded(), "uncontended");
+                let revision = taken.header().map_or(0, |h| h.revision());
+                let delete = Txn::new()
+                    .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+                    .and_then([TxnOp::delete(key, None)]);
+                client.txn(delete).await.expect("release");
+                client.lease_revoke(lease).await.expect("revoke");
+            }
+        };
+        let backend = dlock_runtime::EtcdBackend::from_url(&format!(
+            "etcd://{}/dlock-bench/",
+            endpoint.trim_start_matches("http://")
+        ))
+        .expect("etcd");
+        let backend: Arc<dyn dlock_runtime::Backend> = Arc::new(backend);
+        let (raw, lock) = paired(raw_cycle, || lock_cycle(backend.clone(), "bench-etcd")).await;
+        row(
+            "etcd: lease grant + create txn + delete txn + revoke",
+            raw,
+            raw,
+        );
+        row("etcd: Lock::acquire_on + release", lock, raw);
     }
 }
