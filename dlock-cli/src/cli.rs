@@ -18,7 +18,8 @@ lock when it ends; the command's exit status passes through. `dlock status`, `dl
 The locks live where --backend (or DLOCK_BACKEND) says; without either, in the file backend's \
 per-user directory on this machine. Cloud backends take the rest of their settings from the \
 usual environment (AWS_REGION, AWS_ENDPOINT_URL, AWS profiles and roles; \
-GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST; credentials in the MongoDB URI).";
+GOOGLE_APPLICATION_CREDENTIALS, STORAGE_EMULATOR_HOST; credentials in the MongoDB, PostgreSQL, \
+Redis or etcd URL).";
 
 /// The exit-code table shown at the end of `dlock --help` and in the man page.
 pub const EXIT_CODES: &str = "\

@@ -167,21 +167,45 @@ pub use registry::{
 ///
 /// | option | meaning | default |
 /// |---|---|---|
-/// | `name = "..."` | lock name; `{arg}` is replaced by that argument's `Display` | `module::path::fn_name` |
+/// | `name = "..."` | lock name; `{arg}` is replaced by that argument's `Display`, `{self}` by the receiver's; `{{` and `}}` are literal braces | `module::path::fn_name` |
 /// | `backend = "..."` | the registry's backend to use | the registry's default |
-/// | `timeout = "60s"` | how long to wait for the lock; `"0s"` makes one attempt | the registry's (zero) |
+/// | `timeout = "60s"` | how long to wait for the lock; `"0s"` makes one attempt; `"forever"` waits until it is free | the registry's (zero) |
 /// | `ttl = "30s"` | lease: how long the lock outlives a holder that died; renewed while the body runs | the registry's (30s) |
 /// | `min_hold = "10s"` | keep the lock at least this long after acquiring it, so a short scheduled job is not re-run by a replica whose clock is behind | none |
 /// | `cancel_on_loss` | (async only) drop the body and return the lock error if the lease is lost | off |
 /// | `crate = "path"` | where the runtime crate is, when re-exported | `::dlock_runtime` |
 ///
-/// Durations are [humantime](https://docs.rs/humantime) strings: `"500ms"`, `"60s"`, `"5m"`.
+/// Durations are [humantime](https://docs.rs/humantime) strings: `"500ms"`, `"60s"`, `"5m"`;
+/// `timeout` also takes `"forever"` (`ttl` and `min_hold` do not: a lease must end).
+///
+/// ```no_run
+/// # use dlock_runtime::distributed_lock;
+/// struct Tenant { id: u32 }
+/// impl std::fmt::Display for Tenant {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "t{}", self.id) }
+/// }
+/// impl Tenant {
+///     // Locks `migrate-t7-{v2}` for tenant 7: `{self}` is the receiver, `{{`/`}}` literal braces.
+///     #[distributed_lock(name = "migrate-{self}-{{v2}}", timeout = "forever")]
+///     async fn migrate(&self) -> std::io::Result<()> {
+///         Ok(())
+///     }
+/// }
+/// ```
 ///
 /// # What the function returns when the lock is not taken
 ///
-/// Decided by its return type through [`LockOutcome`]: `Result<T, E>` with
-/// `E: From<dlock_runtime::Error>` returns `Err` (a busy error names the holder and how to free
-/// a stale lock), `Option<T>` returns `None`, and `()` skips the body and logs a warning.
+/// Decided by its return type through [`LockOutcome`]:
+///
+/// | return type | busy, timed out, or the backend failed |
+/// |---|---|
+/// | `Result<T, E>` with `E: From<dlock_runtime::Error>` | `Err` (a busy error names the holder and how to free a stale lock) |
+/// | `std::io::Result<T>` | `Err`: dlock's [`Error`] converts into [`std::io::Error`] (busy is `WouldBlock`, a timeout `TimedOut`) |
+/// | `Option<T>` | `None` when the lock is busy; any other failure is logged as an error |
+/// | `()` | the body is skipped; logged as a warning when busy, as an error otherwise |
+///
+/// Any other return type is a compile error that says which ones work; implement
+/// [`LockOutcome`] for your own type to add one.
 ///
 /// ```
 /// use dlock_runtime::{MemoryBackend, Registry, distributed_lock};
