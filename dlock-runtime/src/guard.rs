@@ -6,7 +6,8 @@ use crate::calls::Caller;
 use crate::error::Operation;
 use crate::local::Permit;
 use crate::lock::Settings;
-use crate::time::{after, scale};
+use crate::rules::{lease_span, renew_period};
+use crate::time::after;
 use crate::{Error, LockName};
 use std::cell::RefCell;
 use std::future::Future;
@@ -30,12 +31,6 @@ tokio::task_local! {
 
 thread_local! {
     static THREAD_LOCKS: RefCell<Vec<LockHandle>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The part of a lease the holder treats as its own: a hundredth less than the ttl, so that a
-/// waiter whose clock runs up to 1% fast still cannot take over before the holder knows.
-fn lease_span(ttl: Duration) -> Duration {
-    ttl - ttl / 100
 }
 
 /// What the guard, its renewal task and every handle share.
@@ -451,7 +446,7 @@ pub(crate) async fn release_with_retries(caller: &Caller, lease: &Lease) -> Resu
 /// Renews the lease at about a third of its ttl until released. A renewal whose answer does
 /// not come counts as maybe written: the next confirmed one dates the lease from it.
 async fn renew(shared: Arc<Shared>, lease_start: Instant) {
-    let period = scale(shared.ttl, 1, 3).max(Duration::from_millis(1));
+    let period = renew_period(shared.ttl);
     let mut last_start = lease_start;
     let mut uncertain_since: Option<Instant> = None;
     let mut retries: Option<crate::Delays> = None;
@@ -459,10 +454,7 @@ async fn renew(shared: Arc<Shared>, lease_start: Instant) {
         let valid_until = shared.valid_until();
         let wake = match &mut retries {
             None => after(last_start, period),
-            Some(delays) => after(
-                Instant::now(),
-                delays.next_delay().min(period),
-            ),
+            Some(delays) => after(Instant::now(), delays.next_delay().min(period)),
         }
         .min(valid_until);
         tokio::select! {
@@ -495,7 +487,7 @@ async fn renew(shared: Arc<Shared>, lease_start: Instant) {
         match result {
             Ok(renewed) => {
                 *lease = renewed;
-                let started = uncertain_since.take().map_or(sent, |u| u.min(sent));
+                let started = crate::rules::lease_start(uncertain_since.take(), sent);
                 shared.set_valid_until(after(started, lease_span(shared.ttl)));
                 last_start = started;
                 retries = None;

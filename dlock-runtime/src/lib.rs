@@ -107,6 +107,7 @@ mod lock;
 mod name;
 mod outcome;
 mod registry;
+mod rules;
 mod schedule;
 mod time;
 
@@ -124,10 +125,6 @@ pub use backend::{
 pub use backends::dynamodb::{DynamoDbBackend, DynamoDbBuilder};
 #[cfg(feature = "etcd")]
 pub use backends::etcd::{EtcdBackend, EtcdBuilder};
-#[cfg(feature = "postgres")]
-pub use backends::postgres::{PostgresBackend, PostgresBuilder};
-#[cfg(feature = "redis")]
-pub use backends::redis::{RedisBackend, RedisBuilder};
 #[cfg(feature = "file")]
 pub use backends::file::FileBackend;
 pub use backends::from_url::backend_from_url;
@@ -136,6 +133,10 @@ pub use backends::gcs::{GcsBackend, GcsBuilder};
 pub use backends::memory::MemoryBackend;
 #[cfg(feature = "mongodb")]
 pub use backends::mongodb::{MongoBackend, MongoBuilder};
+#[cfg(feature = "postgres")]
+pub use backends::postgres::{PostgresBackend, PostgresBuilder};
+#[cfg(feature = "redis")]
+pub use backends::redis::{RedisBackend, RedisBuilder};
 #[cfg(feature = "s3")]
 pub use backends::s3::{S3Backend, S3Builder};
 pub use backoff::{Backoff, Delays};

@@ -344,7 +344,7 @@ struct Attempts<'a> {
 impl Attempts<'_> {
     /// When the lease of a record of ours began at the latest, on this machine's clock.
     fn lease_start(&self, sent: Instant) -> Instant {
-        self.uncertain_since.map_or(sent, |u| u.min(sent))
+        crate::rules::lease_start(self.uncertain_since, sent)
     }
 
     /// One conditional write, bounded by `deadline`.

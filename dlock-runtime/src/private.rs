@@ -7,6 +7,11 @@ use std::time::Duration;
 
 pub use crate::outcome::LockOutcome;
 
+/// The lease timing rules, for the model checker (`model/`), which must use the runtime's own.
+pub mod rules {
+    pub use crate::rules::{lease_span, lease_start, renew_period};
+}
+
 /// One call's lock options, as the attribute wrote them (`None` = the registry's default).
 #[derive(Debug)]
 pub struct LockSpec {
