@@ -535,26 +535,19 @@ impl Backend for FileBackend {
         };
         // Watch first, then look: a release between the two still wakes us.
         let watch = Watch::new(&path)?;
-        if !holder_marked(&file) {
-            // Not marked as held: a release clears the record before it drops the mark, so
-            // without a holder in the record the lock is free: look again at once. A record
-            // with a holder but no mark is a holder that died (or one that does not mark):
-            // the kernel's table, slow but exact, decides below.
-            if !matches!(
-                read_record(&file),
-                Some(Record {
-                    holder: Some(_),
-                    ..
-                })
-            ) {
-                return Ok(());
-            }
-        }
-        match self.holder_of(&file, false).await? {
-            Some(holder) if &holder.version == seen || holder.owner.is_unknown() => {}
-            _ => return Ok(()),
-        }
+        // Removed or replaced since it was opened (a release removes the file when nobody
+        // waits on it): look again at the one there now.
         if !same_file(&file, &path) {
+            return Ok(());
+        }
+        // Not marked as held: free (released, or its holder died), or taken by a holder that
+        // has not marked it yet (it marks right after its flock): either way, look again now.
+        // Never the kernel's lock table here: reading /proc/locks costs milliseconds.
+        if !holder_marked(&file) {
+            return Ok(());
+        }
+        let holder = read_holder(&file, None, false).await;
+        if holder.version != *seen && !holder.owner.is_unknown() {
             return Ok(());
         }
         watch.changed().await
@@ -584,8 +577,23 @@ impl Backend for FileBackend {
 
 /// An inotify watch on one lock file: woken when a holder closes it (also when the kernel
 /// closes it for a killed process), removes it, or writes a new record.
+///
+/// Inotify instances are reused (see [`INOTIFY_POOL`]): closing one waits for the kernel's
+/// SRCU grace period, 10-15 ms, which a waiter would otherwise pay after every wake-up.
 struct Watch {
-    fd: tokio::io::unix::AsyncFd<OwnedFd>,
+    fd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    wd: i32,
+}
+
+/// The most idle inotify instances this process keeps for reuse (the kernel allows 128 per
+/// user by default).
+const INOTIFY_POOL: usize = 8;
+
+fn inotify_pool() -> MutexGuard<'static, Vec<OwnedFd>> {
+    static POOL: std::sync::OnceLock<Mutex<Vec<OwnedFd>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Watch {
@@ -593,31 +601,64 @@ impl Watch {
         let fail = |what: &str, e: io::Error| {
             Error::temporary(KIND, format!("{what} {}: {e}", path.display()), None)
         };
-        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-            .map_err(|e| fail("cannot watch", e.into()))?;
+        let fd = match inotify_pool().pop() {
+            Some(fd) => fd,
+            None => inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+                .map_err(|e| fail("cannot watch", e.into()))?,
+        };
         let events = inotify::WatchFlags::CLOSE_WRITE
             | inotify::WatchFlags::ATTRIB
             | inotify::WatchFlags::MODIFY
             | inotify::WatchFlags::DELETE_SELF
             | inotify::WatchFlags::MOVE_SELF
             | inotify::WatchFlags::DONT_FOLLOW;
-        inotify::add_watch(&fd, path, events).map_err(|e| fail("cannot watch", e.into()))?;
+        let wd = match inotify::add_watch(&fd, path, events) {
+            Ok(wd) => wd,
+            Err(e) => {
+                recycle(fd);
+                return Err(fail("cannot watch", e.into()));
+            }
+        };
         // SAFETY: the descriptor is an `OwnedFd` moved into the `AsyncFd`, which owns it until
-        // the registration ends: it is never closed or reused while registered.
+        // the registration ends (`into_inner` in `drop`): it is never closed or reused while
+        // registered.
         #[allow(unsafe_code)]
         let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
             .map_err(|e| fail("cannot wait on a watch of", e.into()))?;
-        Ok(Watch { fd })
+        Ok(Watch { fd: Some(fd), wd })
     }
 
     async fn changed(&self) -> Result<(), Error> {
-        let mut guard = self
-            .fd
+        let Some(fd) = &self.fd else {
+            return Ok(());
+        };
+        let mut guard = fd
             .readable()
             .await
             .map_err(|e| Error::temporary(KIND, e.to_string(), None))?;
         guard.clear_ready();
         Ok(())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            let fd = fd.into_inner();
+            // The file may be gone, which removed the watch already.
+            let _ = inotify::remove_watch(&fd, self.wd);
+            recycle(fd);
+        }
+    }
+}
+
+/// Empties an idle inotify instance of the events of its old watch and keeps it for reuse.
+fn recycle(fd: OwnedFd) {
+    let mut buf = [0u8; 4096];
+    while matches!(rustix::io::read(&fd, &mut buf), Ok(n) if n > 0) {}
+    let mut pool = inotify_pool();
+    if pool.len() < INOTIFY_POOL {
+        pool.push(fd);
     }
 }
 
