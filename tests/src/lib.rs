@@ -3,6 +3,7 @@
 
 pub mod fault_matrix;
 pub mod fault_proxy;
+pub mod servers;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,10 +2,9 @@
 //! exports `DLOCK_TEST_ETCD_ENDPOINT`). Raw requests for set-up (deleting a key, enabling
 //! authentication on a separate server) go through etcd's JSON gateway (`/v3/...`) with curl.
 
-use dlock_runtime::{
-    AcquireOutcome, AcquireRequest, Backend, EtcdBackend, Lock, LockName, Owner, Version,
-};
+use dlock_runtime::{Backend, EtcdBackend, Lock};
 use dlock_tests::fault_proxy::FaultProxy;
+use dlock_tests::servers::{self, name};
 use dlock_tests::{
     assert_exclusive_across_processes, assert_repeated_acquire_is_ours,
     assert_takeover_after_lease, assert_unreachable_is_explained, fresh_name, stand_in,
@@ -41,15 +40,6 @@ fn backend(prefix: &str) -> EtcdBackend {
         .prefix(prefix)
         .build()
         .expect("settings")
-}
-
-fn name(text: &str) -> LockName {
-    LockName::new(text).expect("name")
-}
-
-async fn raw_acquire(backend: &dyn Backend, name: &LockName, ttl: Duration) -> AcquireOutcome {
-    let request = AcquireRequest::new(name.clone(), Owner::generate(), ttl);
-    backend.try_acquire(&request).await.expect("try_acquire")
 }
 
 /// Standard base64, for the JSON gateway's byte fields.
@@ -237,32 +227,11 @@ async fn wrong_credentials_are_a_permanent_error() {
         !format!("{wrong:?}").contains("not-the-password"),
         "Debug shows no password"
     );
-    let started = Instant::now();
-    let err = Lock::new("x")
-        .timeout(Duration::from_secs(30))
-        .acquire_on(wrong)
-        .await
-        .expect_err("wrong password");
-    assert!(!err.is_temporary(), "{err}");
-    assert!(err.to_string().contains("refused the credentials"), "{err}");
-    assert!(
-        !err.to_string().contains("not-the-password"),
-        "no password in messages: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "not retried until the timeout"
-    );
+    servers::assert_refused(wrong, "refused the credentials", Some("not-the-password")).await;
 
     let anonymous =
         Arc::new(EtcdBackend::from_url(&format!("etcd://{host}/dlock")).expect("settings"));
-    let err = Lock::new("x")
-        .timeout(Duration::from_secs(30))
-        .acquire_on(anonymous)
-        .await
-        .expect_err("no user");
-    assert!(!err.is_temporary(), "{err}");
-    assert!(err.to_string().contains("sent no user"), "{err}");
+    servers::assert_refused(anonymous, "sent no user", None).await;
 
     let right = Arc::new(
         EtcdBackend::from_url(&format!("etcd://root:rootpw@{host}/dlock")).expect("settings"),
@@ -297,21 +266,13 @@ fn urls_and_bad_settings() {
 
 #[test]
 fn from_env_reads_the_variables() {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "from_env_child", "--ignored", "--nocapture"])
-        .env(
+    servers::run_from_env_child(&[
+        (
             "DLOCK_ETCD_ENDPOINTS",
-            format!("http://127.0.0.1:9,{}", endpoint()),
-        )
-        .env("DLOCK_ETCD_PREFIX", "dlock-from-env")
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+            &format!("http://127.0.0.1:9,{}", endpoint()),
+        ),
+        ("DLOCK_ETCD_PREFIX", "dlock-from-env"),
+    ]);
 }
 
 #[tokio::test]
@@ -330,7 +291,7 @@ async fn from_env_child() {
 
 #[tokio::test]
 async fn names_are_keys_under_the_prefix() {
-    let backend = Arc::new(backend("dlock-names/"));
+    let backend: Arc<dyn Backend> = Arc::new(backend("dlock-names/"));
     let base = fresh_name("names");
     let tricky = [
         format!("{base}/../../escape"),
@@ -339,20 +300,7 @@ async fn names_are_keys_under_the_prefix() {
         format!("{base}/ünïcødé ✓"),
         format!("{base}/{}", "n".repeat(1024 - base.len() - 1)),
     ];
-    let mut guards = Vec::new();
-    for text in &tricky {
-        let guard = Lock::new(text.clone())
-            .acquire_on(backend.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        let holder = backend
-            .inspect(&name(text))
-            .await
-            .expect("inspect")
-            .expect("held");
-        assert_eq!(holder.fencing_token, guard.fencing_token());
-        guards.push(guard);
-    }
+    let guards = servers::acquire_each(&backend, &tricky).await;
     // The key is exactly prefix + name: `..` does not leave the prefix.
     let read = gateway(
         &endpoint(),
@@ -361,33 +309,11 @@ async fn names_are_keys_under_the_prefix() {
     );
     assert_eq!(read["count"], "1", "{read}");
     // A prefix is matched as bytes: `%`, `_` and `*` are not wildcards.
-    let listed = backend.list(&format!("{base}/%_")).await.expect("list");
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].0.as_str(), tricky[2]);
-    assert!(
-        backend
-            .list(&format!("{base}/_"))
-            .await
-            .expect("list")
-            .is_empty()
-    );
-    assert_eq!(
-        backend.list(&format!("{base}/")).await.expect("list").len(),
-        tricky.len()
-    );
-    for guard in guards {
-        guard.release().await.expect("release");
-    }
-    // A 10 kB name is refused before it reaches the server, with a clear error.
-    let err = Lock::new("x".repeat(10_000))
-        .acquire_on(backend.clone())
-        .await
-        .expect_err("too long");
-    assert!(
-        matches!(err, dlock_runtime::Error::InvalidName { .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("the limit is 1024"), "{err}");
+    servers::assert_lists(&*backend, &format!("{base}/%_"), &[&tricky[2]]).await;
+    servers::assert_lists(&*backend, &format!("{base}/_"), &[]).await;
+    let all: Vec<&str> = tricky.iter().map(String::as_str).collect();
+    servers::assert_lists(&*backend, &format!("{base}/"), &all).await;
+    servers::release_all_and_refuse_a_long_name(&backend, guards).await;
 }
 
 #[tokio::test]
@@ -423,15 +349,8 @@ async fn fencing_tokens_keep_increasing_after_the_key_is_deleted() {
 async fn expiry_is_decided_by_the_servers_lease() {
     let backend = backend("dlock-expiry/");
     let lock = name(&fresh_name("expiry"));
-    let AcquireOutcome::Acquired(dead) =
-        raw_acquire(&backend, &lock, Duration::from_millis(300)).await
-    else {
-        panic!("free");
-    };
-    assert!(matches!(
-        raw_acquire(&backend, &lock, Duration::from_secs(5)).await,
-        AcquireOutcome::Busy(_)
-    ));
+    let dead =
+        servers::assert_short_lease_is_held(&backend, &lock, Duration::from_millis(300)).await;
     // Never renewed: etcd deletes the key when the lease (1 s asked for; etcd's minimum,
     // about 2 s, granted) runs out on the leader's clock.
     let started = Instant::now();
@@ -447,81 +366,30 @@ async fn expiry_is_decided_by_the_servers_lease() {
         started.elapsed()
     );
     // A plain attempt (no takeover version) takes it.
-    let AcquireOutcome::Acquired(next) = raw_acquire(&backend, &lock, Duration::from_secs(5)).await
-    else {
-        panic!("an expired lease must be free to a plain attempt");
-    };
-    assert!(next.fencing_token > dead.fencing_token);
-    assert!(matches!(
-        backend.renew(&dead, Duration::from_secs(5)).await,
-        Err(dlock_runtime::Error::Lost { .. })
-    ));
-    assert!(matches!(
-        backend.release(&dead).await,
-        Err(dlock_runtime::Error::Lost { .. })
-    ));
-    backend.release(&next).await.expect("release");
-}
-
-/// Takes `lock` through `holder`, starts a waiter on `waiter`, releases, and returns how long
-/// after the release began the waiter had the lock.
-async fn handoff(holder: &Arc<EtcdBackend>, waiter: &Arc<EtcdBackend>, lock: &str) -> Duration {
-    let guard = Lock::new(lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.to_string());
-        tokio::spawn(async move {
-            let got = Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await;
-            (got, Instant::now())
-        })
-    };
-    // Long enough for the waiter to be blocked on its watch.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let (got, at) = waiting.await.expect("waiter");
-    got.expect("the waiter gets the lock")
-        .release()
-        .await
-        .expect("release");
-    at - released
+    servers::assert_expired_lease_is_replaced(&backend, &lock, dead).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiting_process_within_milliseconds() {
-    let holder = Arc::new(backend("dlock-wake/"));
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock-wake/"));
     // Another backend instance: to the runtime, another process (no shared local queue).
-    let waiter = Arc::new(backend("dlock-wake/"));
-    let mut handoffs = Vec::new();
-    for _ in 0..10 {
-        handoffs.push(handoff(&holder, &waiter, &fresh_name("wake")).await);
-    }
-    handoffs.sort();
-    eprintln!(
-        "handoff from release to the waiting process: median {:?}, max {:?}",
-        handoffs[handoffs.len() / 2],
-        handoffs[handoffs.len() - 1]
-    );
-    // Without the watch the waiter would sleep until its 10 s recheck.
-    assert!(
-        handoffs[handoffs.len() - 1] < Duration::from_millis(250),
-        "{handoffs:?}"
-    );
+    let waiter: Arc<dyn Backend> = Arc::new(backend("dlock-wake/"));
+    // Every handoff counts. Without the watch the waiter would sleep until its 10 s recheck.
+    servers::assert_release_wakes_another_process_within(
+        &holder,
+        &waiter,
+        false,
+        Duration::from_millis(250),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_watch_connection_is_replaced_and_waiters_still_wake() {
     let upstream = dlock_tests::fault_matrix::upstream_of(&endpoint());
     let proxy = FaultProxy::start(upstream);
-    let holder = Arc::new(backend("dlock-rewatch/"));
-    let waiter = Arc::new(
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock-rewatch/"));
+    let waiter: Arc<dyn Backend> = Arc::new(
         EtcdBackend::builder()
             .endpoint(proxy.url())
             .prefix("dlock-rewatch/")
@@ -529,21 +397,8 @@ async fn a_dropped_watch_connection_is_replaced_and_waiters_still_wake() {
             .expect("settings"),
     );
     let lock = fresh_name("rewatch");
-    let guard = Lock::new(&lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.clone());
-        tokio::spawn(async move {
-            Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await
-        })
-    };
+    let guard = servers::hold(&holder, &lock).await;
+    let waiting = servers::spawn_waiter(&waiter, &lock);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.connections(), 1, "the waiter's connection");
     // The connection carrying the watch drops (a server restart, to the client).
@@ -551,24 +406,17 @@ async fn a_dropped_watch_connection_is_replaced_and_waiters_still_wake() {
     // The waiter looks again after a short pause, reconnects and watches anew.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(proxy.connections(), 1, "connected again");
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("the waiter gets the lock");
-    let took = released.elapsed();
-    eprintln!("handoff after the watch's connection was replaced: {took:?}");
-    assert!(took < Duration::from_millis(250), "{took:?}");
+    let got =
+        servers::assert_release_wakes_within(guard, waiting, Duration::from_millis(250)).await;
     got.release().await.expect("release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_revision_was_compacted_still_wakes_on_release() {
-    let holder = Arc::new(backend("dlock-compacted/"));
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock-compacted/"));
     // The waiter talks through a proxy that counts its requests.
     let proxy = FaultProxy::start(dlock_tests::fault_matrix::upstream_of(&endpoint()));
-    let waiter = Arc::new(
+    let waiter: Arc<dyn Backend> = Arc::new(
         EtcdBackend::builder()
             .endpoint(proxy.url())
             .prefix("dlock-compacted/")
@@ -576,11 +424,7 @@ async fn a_waiter_whose_revision_was_compacted_still_wakes_on_release() {
             .expect("settings"),
     );
     let lock = fresh_name("compacted");
-    let guard = Lock::new(&lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
+    let guard = servers::hold(&holder, &lock).await;
     // Other writes, then a compaction past the holder's version: a watch from the revision
     // after it is refused by etcd.
     for _ in 0..3 {
@@ -606,16 +450,7 @@ async fn a_waiter_whose_revision_was_compacted_still_wakes_on_release() {
         "/v3/kv/compaction",
         serde_json::json!({"revision": revision, "physical": true}),
     );
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.clone());
-        tokio::spawn(async move {
-            Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await
-        })
-    };
+    let waiting = servers::spawn_waiter(&waiter, &lock);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = proxy.requests();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -623,67 +458,16 @@ async fn a_waiter_whose_revision_was_compacted_still_wakes_on_release() {
     eprintln!("requests while waiting: {requests}");
     // A waiter that found no history to watch would try again and again.
     assert!(requests < 4, "{requests} requests in a second of waiting");
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("the waiter gets the lock");
-    let took = released.elapsed();
-    assert!(took < Duration::from_millis(250), "{took:?}");
+    let got =
+        servers::assert_release_wakes_within(guard, waiting, Duration::from_millis(250)).await;
     got.release().await.expect("release");
 }
 
 #[tokio::test]
 async fn force_release_frees_only_the_version_seen_and_wakes_waiters() {
-    let backend = Arc::new(backend("dlock-force/"));
-    let lock = name(&fresh_name("force"));
-    let AcquireOutcome::Acquired(lease) =
-        raw_acquire(&*backend, &lock, Duration::from_secs(30)).await
-    else {
-        panic!("free");
-    };
-    let listed = backend.list(lock.as_str()).await.expect("list");
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].1.owner, lease.owner);
-    for stale in ["not-the-version", "1"] {
-        let err = backend
-            .force_release(&lock, &Version::new(stale))
-            .await
-            .expect_err("stale version");
-        match err {
-            dlock_runtime::Error::Changed { holder, .. } => {
-                assert_eq!(holder.expect("named").owner, lease.owner);
-            }
-            other => panic!("{other}"),
-        }
-    }
-    let waiting = {
-        let (backend, lock) = (Arc::new(self::backend("dlock-force/")), lock.clone());
-        tokio::spawn(async move {
-            Lock::new(lock.as_str())
-                .timeout(Duration::from_secs(20))
-                .acquire_on(backend)
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let forced = Instant::now();
-    backend
-        .force_release(&lock, &lease.version)
-        .await
-        .expect("the version seen");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("woken by the forced release");
-    assert!(forced.elapsed() < Duration::from_millis(250));
-    assert!(matches!(
-        backend.release(&lease).await,
-        Err(dlock_runtime::Error::Lost { .. })
-    ));
-    got.release().await.expect("release");
-    assert!(backend.list(lock.as_str()).await.expect("list").is_empty());
+    let backend: Arc<dyn Backend> = Arc::new(backend("dlock-force/"));
+    let waiter: Arc<dyn Backend> = Arc::new(self::backend("dlock-force/"));
+    servers::assert_force_release_frees_only_the_version_seen(&backend, &waiter).await;
 }
 
 /// Which client writes start an etcd request. etcd speaks gRPC over one multiplexed HTTP/2

@@ -2,9 +2,8 @@
 //! tests/run-all.sh, which exports `DLOCK_TEST_POSTGRES_URL`). Raw SQL for set-up (deleting a
 //! row, revoking privileges, ending a connection) goes through `psql`.
 
-use dlock_runtime::{
-    AcquireOutcome, AcquireRequest, Backend, Error, Lock, LockName, Owner, PostgresBackend, Version,
-};
+use dlock_runtime::{Backend, Error, Lock, Owner, PostgresBackend};
+use dlock_tests::servers::{self, name};
 use dlock_tests::{
     assert_exclusive_across_processes, assert_repeated_acquire_is_ours,
     assert_takeover_after_lease, assert_unreachable_is_explained, fresh_name, stand_in,
@@ -91,15 +90,6 @@ fn fresh_table(prefix: &str) -> String {
     format!("{prefix}_{}", &Owner::generate().id[..10])
 }
 
-fn name(text: &str) -> LockName {
-    LockName::new(text).expect("name")
-}
-
-async fn raw_acquire(backend: &dyn Backend, name: &LockName, ttl: Duration) -> AcquireOutcome {
-    let request = AcquireRequest::new(name.clone(), Owner::generate(), ttl);
-    backend.try_acquire(&request).await.expect("try_acquire")
-}
-
 dlock_runtime::conformance_tests!(
     conformance,
     backend("dlock_conformance").await,
@@ -157,22 +147,7 @@ async fn wrong_credentials_are_a_permanent_error() {
         !format!("{backend:?}").contains("not-the-password"),
         "Debug shows no password"
     );
-    let started = Instant::now();
-    let err = Lock::new("x")
-        .timeout(Duration::from_secs(30))
-        .acquire_on(backend)
-        .await
-        .expect_err("wrong password");
-    assert!(!err.is_temporary(), "{err}");
-    assert!(err.to_string().contains("refused the credentials"), "{err}");
-    assert!(
-        !err.to_string().contains("not-the-password"),
-        "no password in messages: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "not retried until the timeout"
-    );
+    servers::assert_refused(backend, "refused the credentials", Some("not-the-password")).await;
 }
 
 #[tokio::test]
@@ -341,18 +316,10 @@ fn urls_and_bad_settings() {
 fn from_env_reads_the_variables() {
     let table = "dlock_from_env";
     create_table(table);
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "from_env_child", "--ignored", "--nocapture"])
-        .env("DLOCK_POSTGRES_URL", url_with("table=ignored_by_the_next"))
-        .env("DLOCK_POSTGRES_TABLE", table)
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    servers::run_from_env_child(&[
+        ("DLOCK_POSTGRES_URL", &url_with("table=ignored_by_the_next")),
+        ("DLOCK_POSTGRES_TABLE", table),
+    ]);
 }
 
 #[tokio::test]
@@ -375,7 +342,7 @@ async fn from_env_child() {
 #[tokio::test]
 async fn names_are_bound_parameters_never_sql() {
     let table = "dlock_names";
-    let backend = Arc::new(backend(table).await);
+    let backend: Arc<dyn Backend> = Arc::new(backend(table).await);
     let base = fresh_name("names");
     let tricky = [
         format!("{base}/'; DROP TABLE {table}; --"),
@@ -384,45 +351,13 @@ async fn names_are_bound_parameters_never_sql() {
         format!("{base}/ünïcødé ✓"),
         format!("{base}/{}", "n".repeat(1024 - base.len() - 1)),
     ];
-    let mut guards = Vec::new();
-    for text in &tricky {
-        let guard = Lock::new(text.clone())
-            .acquire_on(backend.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        let holder = backend
-            .inspect(&name(text))
-            .await
-            .expect("inspect")
-            .expect("held");
-        assert_eq!(holder.fencing_token, guard.fencing_token());
-        guards.push(guard);
-    }
+    let guards = servers::acquire_each(&backend, &tricky).await;
     // A prefix is matched as text: `%` and `_` are not wildcards.
-    let listed = backend.list(&format!("{base}/%_")).await.expect("list");
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0].0.as_str(), tricky[2]);
-    assert!(
-        backend
-            .list(&format!("{base}/_"))
-            .await
-            .expect("list")
-            .is_empty()
-    );
-    assert_eq!(
-        backend.list(&format!("{base}/")).await.expect("list").len(),
-        tricky.len()
-    );
-    for guard in guards {
-        guard.release().await.expect("release");
-    }
-    // A 10 kB name is refused before it reaches the server, with a clear error.
-    let err = Lock::new("x".repeat(10_000))
-        .acquire_on(backend.clone())
-        .await
-        .expect_err("too long");
-    assert!(matches!(err, Error::InvalidName { .. }), "{err}");
-    assert!(err.to_string().contains("the limit is 1024"), "{err}");
+    servers::assert_lists(&*backend, &format!("{base}/%_"), &[&tricky[2]]).await;
+    servers::assert_lists(&*backend, &format!("{base}/_"), &[]).await;
+    let all: Vec<&str> = tricky.iter().map(String::as_str).collect();
+    servers::assert_lists(&*backend, &format!("{base}/"), &all).await;
+    servers::release_all_and_refuse_a_long_name(&backend, guards).await;
     assert_eq!(
         psql(&format!("SELECT count(*) > 0 FROM \"{table}\"")),
         "t",
@@ -463,103 +398,40 @@ async fn fencing_tokens_keep_increasing_after_the_row_is_deleted() {
 async fn expiry_is_decided_by_the_servers_clock() {
     let backend = backend("dlock_expiry").await;
     let lock = name(&fresh_name("expiry"));
-    let AcquireOutcome::Acquired(dead) =
-        raw_acquire(&backend, &lock, Duration::from_millis(300)).await
-    else {
-        panic!("free");
-    };
-    assert!(matches!(
-        raw_acquire(&backend, &lock, Duration::from_secs(5)).await,
-        AcquireOutcome::Busy(_)
-    ));
+    let dead =
+        servers::assert_short_lease_is_held(&backend, &lock, Duration::from_millis(300)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         backend.inspect(&lock).await.expect("inspect").is_none(),
         "an expired lease shows as free"
     );
     // A plain attempt (no takeover version) takes it: the server's now() passed expires_at.
-    let AcquireOutcome::Acquired(next) = raw_acquire(&backend, &lock, Duration::from_secs(5)).await
-    else {
-        panic!("an expired lease must be free to a plain attempt");
-    };
-    assert!(next.fencing_token > dead.fencing_token);
-    assert!(matches!(
-        backend.renew(&dead, Duration::from_secs(5)).await,
-        Err(Error::Lost { .. })
-    ));
-    assert!(matches!(
-        backend.release(&dead).await,
-        Err(Error::Lost { .. })
-    ));
-    backend.release(&next).await.expect("release");
-}
-
-/// Takes `lock` through `holder`, starts a waiter on `waiter`, releases, and returns how long
-/// after the release began the waiter had the lock.
-async fn handoff(
-    holder: &Arc<PostgresBackend>,
-    waiter: &Arc<PostgresBackend>,
-    lock: &str,
-) -> Duration {
-    let guard = Lock::new(lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.to_string());
-        tokio::spawn(async move {
-            let got = Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await;
-            (got, Instant::now())
-        })
-    };
-    // Long enough for the waiter to be blocked on its notification.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let (got, at) = waiting.await.expect("waiter");
-    got.expect("the waiter gets the lock")
-        .release()
-        .await
-        .expect("release");
-    at - released
+    servers::assert_expired_lease_is_replaced(&backend, &lock, dead).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiting_process_within_milliseconds() {
-    let holder = Arc::new(backend("dlock_wake").await);
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock_wake").await);
     // Another backend instance: to the runtime, another process (no shared local queue).
-    let waiter = Arc::new(backend("dlock_wake").await);
+    let waiter: Arc<dyn Backend> = Arc::new(backend("dlock_wake").await);
     // The first wait of a backend also opens its listening connection (SCRAM authentication
-    // alone takes a few hundred milliseconds in a debug build); the waiter polls meanwhile.
-    let first = handoff(&holder, &waiter, &fresh_name("wake")).await;
-    eprintln!("first handoff, while the waiter's listener connects: {first:?}");
-    let mut handoffs = Vec::new();
-    for _ in 0..10 {
-        handoffs.push(handoff(&holder, &waiter, &fresh_name("wake")).await);
-    }
-    handoffs.sort();
-    eprintln!(
-        "handoff from release to the waiting process: median {:?}, max {:?}",
-        handoffs[handoffs.len() / 2],
-        handoffs[handoffs.len() - 1]
-    );
-    // Without the notification the waiter would sleep until its 10 s recheck.
-    assert!(
-        handoffs[handoffs.len() - 1] < Duration::from_millis(250),
-        "{handoffs:?}"
-    );
+    // alone takes a few hundred milliseconds in a debug build); the waiter polls meanwhile, so
+    // that handoff is not counted. Without the notification the waiter would sleep until its
+    // 10 s recheck.
+    servers::assert_release_wakes_another_process_within(
+        &holder,
+        &waiter,
+        true,
+        Duration::from_millis(250),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_listening_connection_is_replaced_and_waiters_still_wake() {
     let app = fresh_table("dlock_relisten");
-    let holder = Arc::new(backend("dlock_wake").await);
-    let waiter = Arc::new(
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock_wake").await);
+    let waiter: Arc<dyn Backend> = Arc::new(
         PostgresBackend::builder()
             .url(url_with(&format!("application_name={app}")))
             .table("dlock_wake")
@@ -567,21 +439,8 @@ async fn a_dropped_listening_connection_is_replaced_and_waiters_still_wake() {
             .expect("settings"),
     );
     let lock = fresh_name("relisten");
-    let guard = Lock::new(&lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.clone());
-        tokio::spawn(async move {
-            Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await
-        })
-    };
+    let guard = servers::hold(&holder, &lock).await;
+    let waiting = servers::spawn_waiter(&waiter, &lock);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let listeners = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app} (listener)'"
@@ -593,85 +452,30 @@ async fn a_dropped_listening_connection_is_replaced_and_waiters_still_wake() {
     // It reconnects after a short pause; then a release wakes the waiter as before.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(psql(&listeners), "1", "listening again");
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("the waiter gets the lock");
-    let took = released.elapsed();
-    assert!(took < Duration::from_millis(250), "{took:?}");
+    let got =
+        servers::assert_release_wakes_within(guard, waiting, Duration::from_millis(250)).await;
     got.release().await.expect("release");
-    let _ = handoff(&holder, &waiter, &fresh_name("relisten")).await;
+    let _ = servers::handoff(&holder, &waiter, &fresh_name("relisten")).await;
 }
 
 #[tokio::test]
 async fn waiters_poll_when_notifications_are_off() {
-    let holder = Arc::new(backend("dlock_wake").await);
-    let waiter = Arc::new(
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock_wake").await);
+    let waiter: Arc<dyn Backend> = Arc::new(
         PostgresBackend::builder()
             .url(url_with("listen=false"))
             .table("dlock_wake")
             .build()
             .expect("settings"),
     );
-    assert!(!waiter.capabilities().notified_waiting);
-    let took = handoff(&holder, &waiter, &fresh_name("polling")).await;
-    eprintln!("handoff to a polling waiter: {took:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    servers::assert_polling_waiter_wakes(&holder, &waiter).await;
 }
 
 #[tokio::test]
 async fn force_release_frees_only_the_version_seen_and_wakes_waiters() {
-    let backend = Arc::new(backend("dlock_force").await);
-    let lock = name(&fresh_name("force"));
-    let AcquireOutcome::Acquired(lease) =
-        raw_acquire(&*backend, &lock, Duration::from_secs(30)).await
-    else {
-        panic!("free");
-    };
-    let listed = backend.list(lock.as_str()).await.expect("list");
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].1.owner, lease.owner);
-    let err = backend
-        .force_release(&lock, &Version::new("not-the-version"))
-        .await
-        .expect_err("stale version");
-    match err {
-        Error::Changed { holder, .. } => {
-            assert_eq!(holder.expect("named").owner, lease.owner);
-        }
-        other => panic!("{other}"),
-    }
-    let waiting = {
-        let (backend, lock) = (
-            Arc::new(settings("dlock_force").build().expect("settings")),
-            lock.clone(),
-        );
-        tokio::spawn(async move {
-            Lock::new(lock.as_str())
-                .timeout(Duration::from_secs(20))
-                .acquire_on(backend)
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let forced = Instant::now();
-    backend
-        .force_release(&lock, &lease.version)
-        .await
-        .expect("the version seen");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("woken by the forced release");
-    assert!(forced.elapsed() < Duration::from_millis(250));
-    assert!(matches!(
-        backend.release(&lease).await,
-        Err(Error::Lost { .. })
-    ));
-    got.release().await.expect("release");
-    assert!(backend.list(lock.as_str()).await.expect("list").is_empty());
+    let backend: Arc<dyn Backend> = Arc::new(backend("dlock_force").await);
+    let waiter: Arc<dyn Backend> = Arc::new(settings("dlock_force").build().expect("settings"));
+    servers::assert_force_release_frees_only_the_version_seen(&backend, &waiter).await;
 }
 
 /// The lock's statements (the extended protocol's Parse message carries their text), not the

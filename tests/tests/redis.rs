@@ -3,9 +3,8 @@
 //! deleting a key) go through `redis-cli`; the tests that need a server of their own (a
 //! password, a replica) start one on a free port and kill it at the end.
 
-use dlock_runtime::{
-    AcquireOutcome, AcquireRequest, Backend, Error, Lock, LockName, Owner, RedisBackend, Version,
-};
+use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, Error, Lock, Owner, RedisBackend};
+use dlock_tests::servers::{self, name};
 use dlock_tests::{
     assert_exclusive_across_processes, assert_repeated_acquire_is_ours,
     assert_takeover_after_lease, assert_unreachable_is_explained, fresh_name, stand_in,
@@ -63,15 +62,6 @@ fn cli_at(url: &str, args: &[&str]) -> String {
 /// A prefix no other run uses.
 fn fresh_prefix(what: &str) -> String {
     format!("dlock-test:{what}:{}:", &Owner::generate().id[..10])
-}
-
-fn name(text: &str) -> LockName {
-    LockName::new(text).expect("name")
-}
-
-async fn raw_acquire(backend: &dyn Backend, name: &LockName, ttl: Duration) -> AcquireOutcome {
-    let request = AcquireRequest::new(name.clone(), Owner::generate(), ttl);
-    backend.try_acquire(&request).await.expect("try_acquire")
 }
 
 /// A redis-server of the test's own on a free port, killed when dropped.
@@ -172,24 +162,7 @@ async fn an_unreachable_server_is_a_clear_error_fast() {
 
 /// Asserts that taking a lock through `backend` fails at once, permanently, saying `expected`.
 async fn assert_refused(backend: RedisBackend, expected: &str, secret: Option<&str>) {
-    let started = Instant::now();
-    let err = Lock::new("x")
-        .timeout(Duration::from_secs(30))
-        .acquire_on(Arc::new(backend))
-        .await
-        .expect_err("refused");
-    assert!(!err.is_temporary(), "{err}");
-    assert!(err.to_string().contains(expected), "{err}");
-    if let Some(secret) = secret {
-        assert!(
-            !err.to_string().contains(secret),
-            "no password in messages: {err}"
-        );
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "not retried until the timeout"
-    );
+    servers::assert_refused(Arc::new(backend), expected, secret).await;
 }
 
 #[tokio::test]
@@ -339,18 +312,10 @@ fn urls_and_bad_settings() {
 /// never leak into other tests.
 #[test]
 fn from_env_reads_the_variables() {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "from_env_child", "--ignored", "--nocapture"])
-        .env("DLOCK_REDIS_URL", url_with("prefix=ignored-by-the-next:"))
-        .env("DLOCK_REDIS_PREFIX", "dlock-from-env:")
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    servers::run_from_env_child(&[
+        ("DLOCK_REDIS_URL", &url_with("prefix=ignored-by-the-next:")),
+        ("DLOCK_REDIS_PREFIX", "dlock-from-env:"),
+    ]);
 }
 
 #[tokio::test]
@@ -379,7 +344,7 @@ async fn from_env_child() {
 #[tokio::test]
 async fn names_are_keys_and_glob_characters_do_not_leak_into_list() {
     let prefix = fresh_prefix("names");
-    let backend = Arc::new(backend(&prefix).await);
+    let backend: Arc<dyn Backend> = Arc::new(backend(&prefix).await);
     let base = fresh_name("names");
     let tricky = [
         format!("{base}/*"),
@@ -389,65 +354,28 @@ async fn names_are_keys_and_glob_characters_do_not_leak_into_list() {
         format!("{base}/ünïcødé ✓ ' \" ; EVAL"),
         format!("{base}/{}", "n".repeat(1024 - base.len() - 1)),
     ];
-    let mut guards = Vec::new();
-    for text in &tricky {
-        let guard = Lock::new(text.clone())
-            .acquire_on(backend.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        let holder = backend
-            .inspect(&name(text))
-            .await
-            .expect("inspect")
-            .expect("held");
-        assert_eq!(holder.fencing_token, guard.fencing_token());
-        guards.push(guard);
-    }
+    let mut guards = servers::acquire_each(&backend, &tricky).await;
     // Another lock that a glob would match, but the text does not.
-    let other = Lock::new(format!("{base}/a"))
+    let other_name = format!("{base}/a");
+    let other = Lock::new(&other_name)
         .acquire_on(backend.clone())
         .await
         .expect("acquire");
-    let only = |p: String, expected: &str| {
-        let backend = backend.clone();
-        let expected = expected.to_string();
-        async move {
-            let listed = backend.list(&p).await.expect("list");
-            let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, vec![expected.as_str()], "list({p:?})");
-        }
-    };
-    only(format!("{base}/*"), &tricky[0]).await;
-    only(format!("{base}/?"), &tricky[1]).await;
-    only(format!("{base}/[ab"), &tricky[2]).await;
-    only(format!("{base}/\\"), &tricky[3]).await;
-    assert!(
-        backend
-            .list(&format!("{base}/b"))
-            .await
-            .expect("list")
-            .is_empty()
-    );
-    assert_eq!(
-        backend.list(&format!("{base}/")).await.expect("list").len(),
-        tricky.len() + 1
-    );
+    servers::assert_lists(&*backend, &format!("{base}/*"), &[&tricky[0]]).await;
+    servers::assert_lists(&*backend, &format!("{base}/?"), &[&tricky[1]]).await;
+    servers::assert_lists(&*backend, &format!("{base}/[ab"), &[&tricky[2]]).await;
+    servers::assert_lists(&*backend, &format!("{base}/\\"), &[&tricky[3]]).await;
+    servers::assert_lists(&*backend, &format!("{base}/b"), &[]).await;
+    let mut all: Vec<&str> = tricky.iter().map(String::as_str).collect();
+    all.push(&other_name);
+    servers::assert_lists(&*backend, &format!("{base}/"), &all).await;
     // Keys are exactly the prefix, `lock:` and the name.
     assert_eq!(
         cli(&["EXISTS", &format!("{prefix}lock:{}", tricky[0])]),
         "1"
     );
-    for guard in guards {
-        guard.release().await.expect("release");
-    }
-    other.release().await.expect("release");
-    // A 10 kB name is refused before it reaches the server, with a clear error.
-    let err = Lock::new("x".repeat(10_000))
-        .acquire_on(backend.clone())
-        .await
-        .expect_err("too long");
-    assert!(matches!(err, Error::InvalidName { .. }), "{err}");
-    assert!(err.to_string().contains("the limit is 1024"), "{err}");
+    guards.push(other);
+    servers::release_all_and_refuse_a_long_name(&backend, guards).await;
 }
 
 #[tokio::test]
@@ -511,11 +439,8 @@ async fn fencing_tokens_keep_increasing_after_release_and_a_lost_counter() {
 async fn expiry_is_decided_by_the_servers_clock() {
     let backend = backend("dlock-expiry:").await;
     let lock = name(&fresh_name("expiry"));
-    let AcquireOutcome::Acquired(dead) =
-        raw_acquire(&backend, &lock, Duration::from_millis(300)).await
-    else {
-        panic!("free");
-    };
+    let dead =
+        servers::assert_short_lease_is_held(&backend, &lock, Duration::from_millis(300)).await;
     let pttl: i64 = cli(&["PTTL", &format!("dlock-expiry:lock:{lock}")])
         .parse()
         .expect("PTTL");
@@ -523,86 +448,26 @@ async fn expiry_is_decided_by_the_servers_clock() {
         (1..=300).contains(&pttl),
         "the key expires with the lease: {pttl}"
     );
-    assert!(matches!(
-        raw_acquire(&backend, &lock, Duration::from_secs(5)).await,
-        AcquireOutcome::Busy(_)
-    ));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(backend.inspect(&lock).await.expect("inspect").is_none());
-    let AcquireOutcome::Acquired(next) = raw_acquire(&backend, &lock, Duration::from_secs(5)).await
-    else {
-        panic!("an expired lease must be free to a plain attempt");
-    };
-    assert!(next.fencing_token > dead.fencing_token);
-    assert!(matches!(
-        backend.renew(&dead, Duration::from_secs(5)).await,
-        Err(Error::Lost { .. })
-    ));
-    assert!(matches!(
-        backend.release(&dead).await,
-        Err(Error::Lost { .. })
-    ));
-    assert!(
-        backend.inspect(&lock).await.expect("inspect").is_some(),
-        "untouched"
-    );
-    backend.release(&next).await.expect("release");
-}
-
-/// Takes `lock` through `holder`, starts a waiter on `waiter`, releases, and returns how long
-/// after the release began the waiter had the lock.
-async fn handoff(holder: &Arc<RedisBackend>, waiter: &Arc<RedisBackend>, lock: &str) -> Duration {
-    let guard = Lock::new(lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.to_string());
-        tokio::spawn(async move {
-            let got = Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await;
-            (got, Instant::now())
-        })
-    };
-    // Long enough for the waiter to be blocked on its notification.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let (got, at) = waiting.await.expect("waiter");
-    got.expect("the waiter gets the lock")
-        .release()
-        .await
-        .expect("release");
-    at - released
+    servers::assert_expired_lease_is_replaced(&backend, &lock, dead).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiting_process_within_milliseconds() {
-    let holder = Arc::new(backend("dlock-wake:").await);
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock-wake:").await);
     // Another backend instance: to the runtime, another process (no shared local queue).
-    let waiter = Arc::new(backend("dlock-wake:").await);
-    let first = handoff(&holder, &waiter, &fresh_name("wake")).await;
-    eprintln!("first handoff, while the waiter's listener connects: {first:?}");
-    let mut handoffs = Vec::new();
-    for _ in 0..10 {
-        handoffs.push(handoff(&holder, &waiter, &fresh_name("wake")).await);
-    }
-    handoffs.sort();
-    eprintln!(
-        "handoff from release to the waiting process: median {:?}, max {:?}",
-        handoffs[handoffs.len() / 2],
-        handoffs[handoffs.len() - 1]
-    );
-    // Without the notification the waiter would sleep until its recheck (seconds, by the
-    // holder's 30 s lease).
-    assert!(
-        handoffs[handoffs.len() - 1] < Duration::from_millis(100),
-        "{handoffs:?}"
-    );
+    let waiter: Arc<dyn Backend> = Arc::new(backend("dlock-wake:").await);
+    // The first handoff, while the waiter's listener connects, is not counted. Without the
+    // notification the waiter would sleep until its recheck (seconds, by the holder's 30 s
+    // lease).
+    servers::assert_release_wakes_another_process_within(
+        &holder,
+        &waiter,
+        true,
+        Duration::from_millis(100),
+    )
+    .await;
 }
 
 /// The ids of the server's connections of `user` whose last command was (or was not) a
@@ -626,8 +491,8 @@ async fn killed_connections_are_replaced_and_waiters_still_wake() {
     let user = format!("dlock-kill-{}", &Owner::generate().id[..10]);
     cli(&["ACL", "SETUSER", &user, "on", ">pw", "~*", "&*", "+@all"]);
     let rest = url().split_once("://").expect("scheme").1.to_string();
-    let holder = Arc::new(backend("dlock-kill:").await);
-    let waiter = Arc::new(
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock-kill:").await);
+    let waiter: Arc<dyn Backend> = Arc::new(
         RedisBackend::builder()
             .url(format!("redis://{user}:pw@{rest}"))
             .prefix("dlock-kill:")
@@ -635,21 +500,8 @@ async fn killed_connections_are_replaced_and_waiters_still_wake() {
             .expect("settings"),
     );
     let lock = fresh_name("kill");
-    let guard = Lock::new(&lock)
-        .ttl(Duration::from_secs(30))
-        .acquire_on(holder.clone())
-        .await
-        .expect("acquire");
-    let waiting = {
-        let (waiter, lock) = (waiter.clone(), lock.clone());
-        tokio::spawn(async move {
-            Lock::new(lock)
-                .ttl(Duration::from_secs(30))
-                .timeout(Duration::from_secs(20))
-                .acquire_on(waiter)
-                .await
-        })
-    };
+    let guard = servers::hold(&holder, &lock).await;
+    let waiting = servers::spawn_waiter(&waiter, &lock);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let listeners = connections_of(&user, true);
     assert_eq!(listeners.len(), 1, "one listening connection");
@@ -659,14 +511,8 @@ async fn killed_connections_are_replaced_and_waiters_still_wake() {
     let again = connections_of(&user, true);
     assert_eq!(again.len(), 1, "listening again");
     assert_ne!(again, listeners, "on a new connection");
-    let released = Instant::now();
-    guard.release().await.expect("release");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("the waiter gets the lock");
-    let took = released.elapsed();
-    assert!(took < Duration::from_millis(250), "{took:?}");
+    let got =
+        servers::assert_release_wakes_within(guard, waiting, Duration::from_millis(250)).await;
     // Kill the command connection under a held lock: the next call works (it may fail once
     // while the manager reconnects; the runtime's calls retry it).
     let commands = connections_of(&user, false);
@@ -694,76 +540,27 @@ async fn killed_connections_are_replaced_and_waiters_still_wake() {
         Some(None),
         "the next call works, and the lock is free"
     );
-    let _ = handoff(&holder, &waiter, &fresh_name("kill")).await;
+    let _ = servers::handoff(&holder, &waiter, &fresh_name("kill")).await;
     cli(&["ACL", "DELUSER", &user]);
 }
 
 #[tokio::test]
 async fn waiters_poll_when_notifications_are_off() {
-    let holder = Arc::new(backend("dlock-wake:").await);
-    let waiter = Arc::new(
+    let holder: Arc<dyn Backend> = Arc::new(backend("dlock-wake:").await);
+    let waiter: Arc<dyn Backend> = Arc::new(
         settings("dlock-wake:")
             .notifications(false)
             .build()
             .expect("settings"),
     );
-    assert!(!waiter.capabilities().notified_waiting);
-    let took = handoff(&holder, &waiter, &fresh_name("polling")).await;
-    eprintln!("handoff to a polling waiter: {took:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    servers::assert_polling_waiter_wakes(&holder, &waiter).await;
 }
 
 #[tokio::test]
 async fn force_release_frees_only_the_version_seen_and_wakes_waiters() {
-    let backend = Arc::new(backend("dlock-force:").await);
-    let lock = name(&fresh_name("force"));
-    let AcquireOutcome::Acquired(lease) =
-        raw_acquire(&*backend, &lock, Duration::from_secs(30)).await
-    else {
-        panic!("free");
-    };
-    let listed = backend.list(lock.as_str()).await.expect("list");
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].1.owner, lease.owner);
-    let err = backend
-        .force_release(&lock, &Version::new("not-the-version"))
-        .await
-        .expect_err("stale version");
-    match err {
-        Error::Changed { holder, .. } => {
-            assert_eq!(holder.expect("named").owner, lease.owner);
-        }
-        other => panic!("{other}"),
-    }
-    let waiting = {
-        let (backend, lock) = (
-            Arc::new(settings("dlock-force:").build().expect("settings")),
-            lock.clone(),
-        );
-        tokio::spawn(async move {
-            Lock::new(lock.as_str())
-                .timeout(Duration::from_secs(20))
-                .acquire_on(backend)
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let forced = Instant::now();
-    backend
-        .force_release(&lock, &lease.version)
-        .await
-        .expect("the version seen");
-    let got = waiting
-        .await
-        .expect("join")
-        .expect("woken by the forced release");
-    assert!(forced.elapsed() < Duration::from_millis(250));
-    assert!(matches!(
-        backend.release(&lease).await,
-        Err(Error::Lost { .. })
-    ));
-    got.release().await.expect("release");
-    assert!(backend.list(lock.as_str()).await.expect("list").is_empty());
+    let backend: Arc<dyn Backend> = Arc::new(backend("dlock-force:").await);
+    let waiter: Arc<dyn Backend> = Arc::new(settings("dlock-force:").build().expect("settings"));
+    servers::assert_force_release_frees_only_the_version_seen(&backend, &waiter).await;
 }
 
 /// The lock's scripts on the fault prefix (EVALSHA/EVAL carry their keys), not reads, the
