@@ -757,30 +757,36 @@ impl EtcdBackend {
         Ok(TxnOutcome::Refused(current))
     }
 
-    /// Revokes a lease, best effort and bounded (a second at most): its keys (if any) were
-    /// deleted or were never written, and otherwise it expires on its own. Awaited rather than
-    /// left running, so that a call has no work left over when it returns.
-    async fn revoke(&self, lease: i64) {
+    /// Revokes a lease in the background, best effort: its keys (if any) were deleted or were
+    /// never written, and otherwise it expires on its own. Not awaited: a release is over once
+    /// the key is deleted, and a caller waiting for the revoke would hold this process's queue
+    /// for the lock a round trip longer.
+    fn revoke_later(&self, lease: i64) {
         if lease == 0 {
             return;
         }
         let Some(client) = self.client.get().cloned() else {
             return;
         };
-        let mut client = client;
         // Not worth waiting long for: the lease runs out on its own.
         let bound = self.request_timeout.min(Duration::from_secs(1));
-        match tokio::time::timeout(bound, client.lease_revoke(lease)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(lease, error = %e, "could not revoke an etcd lease; it expires on its own")
+        let revoke = async move {
+            let mut client = client;
+            match tokio::time::timeout(bound, client.lease_revoke(lease)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(lease, error = %e, "could not revoke an etcd lease; it expires on its own")
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        lease,
+                        "no answer to an etcd lease revoke; it expires on its own"
+                    )
+                }
             }
-            Err(_) => {
-                tracing::debug!(
-                    lease,
-                    "no answer to an etcd lease revoke; it expires on its own"
-                )
-            }
+        };
+        if let Err(e) = Background::default().spawn(revoke) {
+            tracing::debug!(error = %e, "could not revoke an etcd lease; it expires on its own");
         }
     }
 
@@ -821,7 +827,7 @@ impl EtcdBackend {
             }),
             TxnOutcome::Refused(current) => {
                 // The put did not happen: this lease holds nothing.
-                self.revoke(lease).await;
+                self.revoke_later(lease);
                 match current {
                     Some(kv) => {
                         let holder = holder_of(&kv);
@@ -871,7 +877,7 @@ impl EtcdBackend {
             TxnOutcome::Done { first, .. } => {
                 if let Some(TxnOpResponse::Delete(deleted)) = first {
                     for kv in deleted.prev_kvs() {
-                        self.revoke(kv.lease()).await;
+                        self.revoke_later(kv.lease());
                     }
                 }
                 Ok(None)
@@ -908,7 +914,7 @@ impl EtcdBackend {
         } = &outcome
         {
             for kv in deleted.prev_kvs() {
-                self.revoke(kv.lease()).await;
+                self.revoke_later(kv.lease());
             }
         }
         Ok(outcome)
