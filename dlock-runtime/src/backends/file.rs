@@ -387,6 +387,16 @@ impl Backend for FileBackend {
     async fn try_acquire(&self, request: &AcquireRequest) -> Result<AcquireOutcome, Error> {
         let path = self.path_for(&request.name);
         for _ in 0..REOPENS {
+            // Held right now: answer busy through a read-only descriptor. Closing a file opened
+            // for writing wakes every waiter's watch (IN_CLOSE_WRITE); closing this one wakes
+            // nobody, so waiters' own attempts do not wake each other.
+            if let Some(seen) = open_read_only(&path).map_err(|e| io_error(&path, e))?
+                && holder_marked(&seen)
+                && same_file(&seen, &path)
+            {
+                self.take_place(&request.owner, &seen);
+                return Ok(AcquireOutcome::Busy(read_holder(&seen, None, false).await));
+            }
             let Some(file) = self.open(&path, true)? else {
                 continue;
             };
@@ -743,6 +753,22 @@ fn open_lock_file(path: &Path, create: bool, mode: u32) -> io::Result<Option<Fil
             Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Opens an existing lock file read-only, without following links; `None` if there is none.
+fn open_read_only(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => {
+            let meta = file.metadata()?;
+            check_regular(file, &meta).map(Some)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
