@@ -10,7 +10,7 @@
 //!
 //! A backend's test file calls [`fault_matrix_tests!`](crate::fault_matrix_tests) once.
 
-use crate::fault_proxy::{Fault, FaultProxy};
+use crate::fault_proxy::{Fault, FaultProxy, Mode};
 use dlock_runtime::{Backend, Error, ErrorKind, Lock, LockGuard, LockName};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,8 +46,8 @@ pub struct Target {
     /// Whether the protocol is HTTP, so throttling answers (429, 5xx) can be injected.
     pub http: bool,
     /// Whether requests share one connection and interleave (gRPC over HTTP/2), so a matcher
-    /// cannot tell one request's bytes from another's: a fault meant for "the next request" is
-    /// then armed for the next several, to be sure it reaches the call under test.
+    /// cannot tell one request's bytes from another's: a row that needs "the acquisition's
+    /// answer is late" then makes every answer late while the acquisition runs.
     pub multiplexed: bool,
 }
 
@@ -340,8 +340,18 @@ pub async fn slow_answers(target: Arc<Target>) {
     row.finish().await;
 
     let row = Row::new(&target, "an answer later than the timeout").await;
-    let requests = if target.multiplexed { 8 } else { 1 };
-    row.arm(Fault::DelayAnswer(Duration::from_secs(4)), requests);
+    let late = Fault::DelayAnswer(Duration::from_secs(4));
+    if target.multiplexed {
+        // One connection carries every request, and which bytes start the acquisition's
+        // request cannot be told: every answer is late while the acquisition runs.
+        row.proxy.set_mode(Mode::Random {
+            seed: 1,
+            rate: 1.0,
+            kinds: vec![late],
+        });
+    } else {
+        row.arm(late, 1);
+    }
     let started = Instant::now();
     let result = row
         .lock()
@@ -350,6 +360,7 @@ pub async fn slow_answers(target: Arc<Target>) {
         .acquire_on(row.backend.clone())
         .await;
     assert_clear_failure(&row.what, result, started, Duration::from_secs(1));
+    row.proxy.set_mode(Mode::Pass);
     // The write reached the store before its answer was held: the acquisition cleans it up.
     row.assert_not_stranded(Duration::from_secs(2)).await;
     row.finish().await;
