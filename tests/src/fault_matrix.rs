@@ -186,6 +186,20 @@ impl Row {
         self.proxy.arm_matching(fault, n, self.target.requests);
     }
 
+    /// Makes the next lock request's answer come with `fault`: on a multiplexed connection,
+    /// where that request cannot be told apart, every answer until the mode is set back.
+    fn slow_next(&self, fault: Fault) {
+        if self.target.multiplexed {
+            self.proxy.set_mode(Mode::Random {
+                seed: 1,
+                rate: 1.0,
+                kinds: vec![fault],
+            });
+        } else {
+            self.arm(fault, 1);
+        }
+    }
+
     /// The lock is free (or taken) by `limit` from now: nothing of this row stays stranded.
     async fn assert_not_stranded(&self, limit: Duration) {
         let start = Instant::now();
@@ -332,26 +346,18 @@ pub async fn resets(target: Arc<Target>) {
 /// caller gets a clear error in time, and the write that landed meanwhile is undone.
 pub async fn slow_answers(target: Arc<Target>) {
     let row = Row::new(&target, "slow answers").await;
-    row.arm(Fault::DelayAnswer(Duration::from_millis(300)), 1);
+    let slow = Fault::DelayAnswer(Duration::from_millis(300));
+    row.slow_next(slow);
     let guard = row.take(Duration::from_secs(5)).await.expect("acquire");
-    row.arm(Fault::DelayAnswer(Duration::from_millis(300)), 1);
+    row.proxy.set_mode(Mode::Pass);
+    row.slow_next(slow);
     row.release(guard).await.expect("release");
+    row.proxy.set_mode(Mode::Pass);
     row.assert_not_stranded(Duration::from_secs(1)).await;
     row.finish().await;
 
     let row = Row::new(&target, "an answer later than the timeout").await;
-    let late = Fault::DelayAnswer(Duration::from_secs(4));
-    if target.multiplexed {
-        // One connection carries every request, and which bytes start the acquisition's
-        // request cannot be told: every answer is late while the acquisition runs.
-        row.proxy.set_mode(Mode::Random {
-            seed: 1,
-            rate: 1.0,
-            kinds: vec![late],
-        });
-    } else {
-        row.arm(late, 1);
-    }
+    row.slow_next(Fault::DelayAnswer(Duration::from_secs(4)));
     let started = Instant::now();
     let result = row
         .lock()
