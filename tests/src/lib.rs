@@ -320,11 +320,13 @@ impl Recorder {
 }
 
 /// A worker `kill -9`'d while holding a lock (3 s lease) loses it to a waiter only after the
-/// lease: not before, and not much later.
+/// lease: not before, and not much later. The lease runs from the worker's acquisition (or a
+/// server's expiry from its grant), a few milliseconds before the test sees "acquired" and
+/// kills it, hence the 100 ms allowance.
 pub fn assert_takeover_after_lease(worker: &Path, backend_url: &str) {
     let waited = takeover_after_kill(worker, backend_url);
     assert!(
-        waited >= Duration::from_secs(3),
+        waited >= Duration::from_millis(2900),
         "taken over after {waited:?}, inside the 3 s lease"
     );
     assert!(waited < Duration::from_secs(10), "took {waited:?}");
