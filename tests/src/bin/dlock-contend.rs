@@ -270,10 +270,20 @@ impl Witness {
     }
 
     /// Removes the marker (if ours), then logs `exit` or `lost`.
-    fn exit(&self, id: &str, token: Option<u64>, lost: bool) -> std::io::Result<()> {
+    /// Ends a section: the marker goes first, then the section's end is timestamped and only
+    /// then is the guard asked whether the lock was lost. A guard that still holds at that
+    /// moment held at the timestamp too, so a pause between the question and the log write
+    /// cannot make a section that ended in time look as if it lasted through the pause.
+    fn exit(
+        &self,
+        id: &str,
+        token: Option<u64>,
+        lost: impl FnOnce() -> bool,
+    ) -> std::io::Result<()> {
         self.marker.exit(id)?;
-        let kind = if lost { "lost" } else { "exit" };
-        self.log.line(kind, id, token, None).map(drop)
+        let t = log::now_ns();
+        let kind = if lost() { "lost" } else { "exit" };
+        self.log.line_at(kind, id, token, t, None)
     }
 }
 
@@ -340,8 +350,9 @@ fn child(args: &ChildArgs) -> Result<(), String> {
         if !args.hold.is_zero() {
             std::thread::sleep(args.hold);
         }
-        let lost = guard.as_ref().is_some_and(|g| g.is_lost());
-        witness.exit(&id, token, lost).map_err(io)?;
+        witness
+            .exit(&id, token, || guard.as_ref().is_some_and(|g| g.is_lost()))
+            .map_err(io)?;
         if let Some(guard) = guard {
             match guard.release_blocking() {
                 Ok(()) => {}
@@ -440,8 +451,9 @@ fn run_tasks(run: &RunArgs, ttl: Duration, files: &Files) -> Result<Outcome, Str
                     } else {
                         tokio::time::sleep(hold).await;
                     }
-                    let lost = guard.as_ref().is_some_and(|g| g.is_lost());
-                    witness.exit(&id, token, lost).map_err(io)?;
+                    witness
+                        .exit(&id, token, || guard.as_ref().is_some_and(|g| g.is_lost()))
+                        .map_err(io)?;
                     if let Some(guard) = guard {
                         match guard.release().await {
                             Ok(()) => {}

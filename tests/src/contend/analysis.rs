@@ -175,7 +175,11 @@ pub fn analyse(text: &str) -> Result<Analysis, String> {
     let mut last_release: Option<(u64, String, bool)> = None;
     let mut pending_kill: Option<u64> = None;
     let (mut first, mut last) = (None::<u64>, 0u64);
-    for (n, line) in text.lines().enumerate() {
+    // In time order: a line is written just after its timestamp is taken, and a process can be
+    // paused in between (CLOCK_MONOTONIC is one clock for every process of the machine).
+    let mut lines: Vec<(usize, &str)> = text.lines().enumerate().collect();
+    lines.sort_by_key(|(_, line)| line.split(' ').nth(3).and_then(|t| t.parse::<u64>().ok()));
+    for (n, line) in lines {
         let bad = || format!("log line {}: cannot read {line:?}", n + 1);
         let mut parts = line.split(' ');
         let (Some(kind), Some(id), Some(token), Some(t)) =
