@@ -988,14 +988,19 @@ impl Conformance {
             .expect("cancelled waiters hold nothing");
         next.release().await.expect("release");
 
-        // In the body: the task holding the guard is aborted.
+        // In the body: the task holding the guard is aborted. It is aborted only once it holds
+        // the lock: aborted earlier, its acquiring write could land after the check below and be
+        // cleaned up later, which is the last case's business.
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
         let body = {
             let (suite, name) = (self.clone(), name.clone());
             tokio::spawn(async move {
                 let _guard = suite.acquire(&name).await;
+                let _ = held_tx.send(());
                 std::future::pending::<()>().await;
             })
         };
+        held_rx.await.expect("the body acquired the lock");
         tokio::time::sleep(self.ttl / 4).await;
         body.abort();
         let _ = body.await;
