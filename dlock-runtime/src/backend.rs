@@ -306,12 +306,14 @@ pub enum AcquireOutcome {
 ///
 /// let caps = MemoryBackend::new().capabilities();
 /// assert!(caps.leases && caps.fencing_tokens && caps.notified_waiting && caps.local_calls);
+/// assert!(caps.fair_waiting);
 /// assert_eq!(Capabilities::default(), Capabilities {
 ///     leases: false,
 ///     fencing_tokens: false,
 ///     poll_with_reads: false,
 ///     notified_waiting: false,
 ///     local_calls: false,
+///     fair_waiting: false,
 /// });
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -333,6 +335,13 @@ pub struct Capabilities {
     /// each bounded by a deadline, so a caller that is cancelled or starved cannot leave a
     /// write half-done or a connection stalled.
     pub local_calls: bool,
+    /// The backend itself serves waiters of different processes in the order they came (the
+    /// file backend's places in the lock file, the memory backend's arrival numbers), so a
+    /// holder that asks again right after its release does not overtake them. Otherwise the
+    /// store has no queue, and the runtime makes a process that has just released a lock
+    /// others were waiting for let them try first: it pauses a few of the store's round trips
+    /// (at least 5 ms, at most 100 ms) before asking again.
+    pub fair_waiting: bool,
 }
 
 /// A lock store. Object-safe: the registry keeps `Arc<dyn Backend>`.

@@ -518,11 +518,12 @@ async fn acquire_loop(
     let mut write = true;
     let mut announced = false;
 
-    if !caps.notified_waiting
+    if !caps.fair_waiting
         && let Some(courtesy) = local::courtesy(key, &s.name)
     {
-        // This process has just released a lock others were waiting for, and the store cannot
-        // say who waits: give a waiter polling around the release the chance to get it first.
+        // This process has just released a lock others were waiting for, and the store keeps
+        // no queue: give a waiter that was woken by the release, or polls around it, the
+        // chance to get it first.
         tokio::time::sleep_until(after(Instant::now(), courtesy).min(deadline)).await;
     }
     loop {

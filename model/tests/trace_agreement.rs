@@ -152,6 +152,7 @@ impl Backend for Recorder {
         Capabilities {
             // Every call goes through the async path, so each is recorded with its time.
             local_calls: false,
+            fair_waiting: false,
             ..self.inner.capabilities()
         }
     }

@@ -106,6 +106,55 @@ pub async fn assert_release_wakes_another_process_within(
     assert!(handoffs[handoffs.len() - 1] < limit, "{handoffs:?}");
 }
 
+/// Two processes (backend instances `a` and `b`) take `lock` in turns: each holds it 20 ms and
+/// asks again right after its release, `rounds` times. The store keeps no queue, so only the
+/// runtime's courtesy keeps a releaser from overtaking the other, which was woken by the
+/// release: once both have seen the other hold the lock, no process may take it twice in a
+/// row while the other still wants it. Returns how often one did.
+pub async fn turns_taken_out_of_order(
+    a: &Arc<dyn Backend>,
+    b: &Arc<dyn Backend>,
+    lock: &str,
+    rounds: usize,
+) -> usize {
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let worker = |who: usize, backend: &Arc<dyn Backend>| {
+        let (backend, order, lock) = (backend.clone(), order.clone(), lock.to_string());
+        tokio::spawn(async move {
+            for _ in 0..rounds {
+                let guard = Lock::new(lock.as_str())
+                    .ttl(Duration::from_secs(30))
+                    .timeout(Duration::from_secs(20))
+                    .acquire_on(backend.clone())
+                    .await
+                    .expect("acquire");
+                order.lock().expect("order").push(who);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                guard.release().await.expect("release");
+            }
+        })
+    };
+    let (first, second) = (worker(0, a), worker(1, b));
+    first.await.expect("first process");
+    second.await.expect("second process");
+    let order = order.lock().expect("order").clone();
+    eprintln!("turns: {order:?}");
+    // From the second process's first turn on, both have seen the other hold the lock.
+    let both = order
+        .iter()
+        .position(|&who| who != order[0])
+        .expect("both had turns");
+    let mut taken = [0, 0];
+    let mut out_of_order = 0;
+    for (i, &who) in order.iter().enumerate() {
+        taken[who] += 1;
+        if i > both && order[i - 1] == who && taken[1 - who] < rounds {
+            out_of_order += 1;
+        }
+    }
+    out_of_order
+}
+
 /// A `waiter` with notifications turned off says so, and still gets a lock `holder` releases
 /// within 5 s, by polling.
 pub async fn assert_polling_waiter_wakes(holder: &Arc<dyn Backend>, waiter: &Arc<dyn Backend>) {

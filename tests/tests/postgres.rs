@@ -410,6 +410,18 @@ async fn expiry_is_decided_by_the_servers_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_releaser_that_asks_again_lets_the_woken_waiter_in_first() {
+    // Two backend instances: to the runtime, two processes.
+    let a: Arc<dyn Backend> = Arc::new(backend("dlock_turns").await);
+    let b: Arc<dyn Backend> = Arc::new(backend("dlock_turns").await);
+    let out_of_order = servers::turns_taken_out_of_order(&a, &b, &fresh_name("turns"), 10).await;
+    assert_eq!(
+        out_of_order, 0,
+        "a releaser overtook the waiter it had woken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiting_process_within_milliseconds() {
     let holder: Arc<dyn Backend> = Arc::new(backend("dlock_wake").await);
     // Another backend instance: to the runtime, another process (no shared local queue).

@@ -380,6 +380,7 @@ impl Backend for FileBackend {
             fencing_tokens: true,
             notified_waiting: true,
             local_calls: true,
+            fair_waiting: true,
             ..Capabilities::default()
         }
     }

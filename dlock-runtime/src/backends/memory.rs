@@ -210,6 +210,7 @@ impl Backend for MemoryBackend {
             fencing_tokens: true,
             notified_waiting: true,
             local_calls: true,
+            fair_waiting: true,
             ..Capabilities::default()
         }
     }

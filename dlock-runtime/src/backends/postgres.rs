@@ -1190,6 +1190,7 @@ impl Backend for PostgresBackend {
             poll_with_reads: false,
             notified_waiting: self.listener.is_some(),
             local_calls: false,
+            fair_waiting: false,
         }
     }
 

@@ -962,6 +962,7 @@ impl Backend for RedisBackend {
             poll_with_reads: false,
             notified_waiting: self.listener.is_some(),
             local_calls: false,
+            fair_waiting: false,
         }
     }
 
