@@ -370,6 +370,18 @@ async fn expiry_is_decided_by_the_servers_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_releaser_that_asks_again_lets_the_woken_waiter_in_first() {
+    // Two backend instances: to the runtime, two processes.
+    let a: Arc<dyn Backend> = Arc::new(backend("dlock-turns/"));
+    let b: Arc<dyn Backend> = Arc::new(backend("dlock-turns/"));
+    let out_of_order = servers::turns_taken_out_of_order(&a, &b, &fresh_name("turns"), 10).await;
+    assert_eq!(
+        out_of_order, 0,
+        "a releaser overtook the waiter it had woken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiting_process_within_milliseconds() {
     let holder: Arc<dyn Backend> = Arc::new(backend("dlock-wake/"));
     // Another backend instance: to the runtime, another process (no shared local queue).
@@ -513,3 +525,70 @@ fn fault_target() -> dlock_tests::fault_matrix::Target {
 }
 
 dlock_tests::fault_matrix_tests!(fault_target());
+
+/// A waiter's refused attempts share its acquisition's lease: one grant, then one transaction
+/// per attempt (a lease granted and revoked per attempt was three calls each). The lock
+/// taken on that older lease is kept alive first, so etcd's lease runs its full TTL from the
+/// acquisition, not from the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_attempts_of_one_acquisition_share_a_lease_renewed_when_it_wins() {
+    use dlock_runtime::{AcquireOutcome, AcquireRequest, Owner};
+    let holder = backend("dlock-spare/");
+    let proxy = FaultProxy::start(dlock_tests::fault_matrix::upstream_of(&endpoint()));
+    let waiter = EtcdBackend::builder()
+        .endpoint(proxy.url())
+        .prefix("dlock-spare/")
+        .build()
+        .expect("settings");
+    let lock = name(&fresh_name("spare"));
+    let AcquireOutcome::Acquired(held) =
+        servers::raw_acquire(&holder, &lock, Duration::from_secs(30)).await
+    else {
+        panic!("a fresh lock is free")
+    };
+    waiter.inspect(&lock).await.expect("connect");
+    let ttl = Duration::from_secs(10);
+    let request = AcquireRequest::new(lock.clone(), Owner::generate(), ttl);
+    let before = proxy.requests();
+    for _ in 0..10 {
+        let outcome = waiter.try_acquire(&request).await.expect("attempt");
+        assert!(matches!(outcome, AcquireOutcome::Busy(_)), "{outcome:?}");
+    }
+    // The proxy counts the HTTP/2 traffic that follows an answer (window updates, pings) as a
+    // request too: up to twice the calls made.
+    let refused = proxy.requests() - before;
+    eprintln!("ten refused attempts: {refused} requests on the wire");
+    assert!(
+        refused <= 30,
+        "one grant and ten transactions (a lease per attempt would be 30 calls), not {refused}"
+    );
+
+    // Three seconds later the lease granted for the first attempt has ~7 s left; the lock
+    // taken on it must still have its full 10 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    holder.release(&held).await.expect("release");
+    let AcquireOutcome::Acquired(mine) = waiter.try_acquire(&request).await.expect("attempt")
+    else {
+        panic!("released")
+    };
+    let key = format!("dlock-spare/{lock}");
+    let range = gateway(
+        &endpoint(),
+        "/v3/kv/range",
+        serde_json::json!({"key": base64(key.as_bytes())}),
+    );
+    let lease = range["kvs"][0]["lease"]
+        .as_str()
+        .expect("the key has a lease");
+    let alive = gateway(
+        &endpoint(),
+        "/v3/lease/timetolive",
+        serde_json::json!({"ID": lease}),
+    );
+    let left: u64 = alive["TTL"].as_str().expect("TTL").parse().expect("number");
+    assert!(
+        left >= 9,
+        "the lease was renewed when the lock was taken: {alive}"
+    );
+    waiter.release(&mine).await.expect("release");
+}

@@ -13,9 +13,10 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, KeyValue, PutOptions,
     Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
 };
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::OnceCell;
 
@@ -80,9 +81,14 @@ const TLS_SUPPORTED: bool = false;
 ///   with the default election timeout — to that minimum), then one transaction:
 ///   `if create_revision(key) == 0 then Put(key, record, lease) else Get(key)`. A refused
 ///   transaction answers busy with the holder it read, or — when the record carries this
-///   acquisition's owner id (a retry of a transaction whose answer was lost) — acquired; the
-///   unused lease is revoked. A lease granted for an attempt whose answer never came is
-///   never revoked (its key may have been written): it expires after its ttl, with the key.
+///   acquisition's owner id (a retry of a transaction whose answer was lost) — acquired. The
+///   unused lease is kept for the acquisition's next attempt while at least half its TTL is
+///   left, so a waiter's later attempts are one request each; a key put on a lease granted
+///   before the attempt began (or found after a lost answer) is given one `LeaseKeepAlive`
+///   before the lock counts as taken, so etcd's lease always runs a full TTL from after the
+///   attempt was sent. A lease granted for an attempt whose answer never came is never used
+///   again nor revoked (its key may have been written): it expires after its TTL, with the
+///   key. Leases of acquisitions that gave up expire on their own.
 /// - **Renew**: `if mod_revision(key) == version then Put(key, record, ignore_lease)`, then one
 ///   `LeaseKeepAlive` of the key's lease. The put gives the record a new version, so a waiter
 ///   that sees one version for a whole lease knows the holder stopped renewing (dlock's
@@ -140,6 +146,30 @@ pub struct EtcdBackend {
     connect_timeout: Duration,
     request_timeout: Duration,
     client: Arc<OnceCell<Client>>,
+    /// Leases granted for acquisitions that are still trying, by owner id: a refused attempt
+    /// keeps its lease for the acquisition's next attempt instead of revoking it and granting
+    /// another (three requests per refused attempt become one).
+    spare: Arc<Mutex<HashMap<String, Spare>>>,
+}
+
+/// A granted lease no key is on yet.
+#[derive(Clone, Copy, Debug)]
+struct Spare {
+    id: i64,
+    /// When the grant was sent: the lease ends no sooner than `ttl` after this.
+    sent: Instant,
+    /// The TTL etcd granted.
+    ttl: Duration,
+}
+
+impl Spare {
+    /// Whether the lease is young enough to put a key on: at least half its TTL is left, so
+    /// the keep-alive that follows the put certainly finds it.
+    fn usable(&self, now: Instant) -> bool {
+        self.sent
+            .checked_add(self.ttl / 2)
+            .is_some_and(|end| now < end)
+    }
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -317,6 +347,7 @@ impl EtcdBuilder {
             connect_timeout,
             request_timeout,
             client: Arc::new(OnceCell::new()),
+            spare: Arc::default(),
         })
     }
 }
@@ -655,6 +686,13 @@ impl EtcdBackend {
                         true,
                         format!("etcd at {at} could not answer while {doing} ({said}); retrying"),
                     ),
+                    grpc::NOT_FOUND if said.contains("lease not found") => (
+                        true,
+                        format!(
+                            "the etcd lease dlock wrote with is gone at {at} while {doing} \
+                             ({said}); retrying on a new lease"
+                        ),
+                    ),
                     grpc::UNAUTHENTICATED => (
                         false,
                         format!(
@@ -790,19 +828,76 @@ impl EtcdBackend {
         }
     }
 
-    /// One plain attempt: a new lease, then the create-if-absent transaction.
-    async fn attempt(
-        &self,
-        request: &AcquireRequest,
-        acquired_at: SystemTime,
-    ) -> Result<Attempt, Error> {
-        let seconds = lease_seconds(request.ttl);
+    /// The lease for an attempt by `owner`: the one its acquisition's last refused attempt
+    /// kept, while it is young enough, or a new one. Returns the lease and whether it is
+    /// older than this attempt (a key put on it needs a keep-alive before it counts).
+    async fn lease_for(&self, owner: &str, ttl: Duration) -> Result<(Spare, bool), Error> {
+        let kept = self.spares().remove(owner);
+        if let Some(spare) = kept {
+            if spare.usable(Instant::now()) {
+                return Ok((spare, true));
+            }
+            self.revoke_later(spare.id);
+        }
+        let seconds = lease_seconds(ttl);
+        let sent = Instant::now();
         let granted = self
             .request("granting a lease", |mut c| async move {
                 c.lease_grant(seconds, None).await
             })
             .await?;
-        let lease = granted.id();
+        let spare = Spare {
+            id: granted.id(),
+            sent,
+            ttl: Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0)),
+        };
+        Ok((spare, false))
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, HashMap<String, Spare>> {
+        self.spare
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `spare` for `owner`'s next attempt; forgets spares too old to use (their
+    /// acquisitions ended or gave up: the leases run out on their own).
+    fn keep_spare(&self, owner: &str, spare: Spare) {
+        let now = Instant::now();
+        let mut spares = self.spares();
+        spares.retain(|_, s| s.usable(now));
+        spares.insert(owner.to_string(), spare);
+    }
+
+    /// Resets `lease` to its full TTL; `false` if it is gone (it ran out, and etcd deleted
+    /// its keys).
+    async fn keep_alive(&self, doing: &str, lease: i64) -> Result<bool, Error> {
+        self.request(doing, |mut c| async move {
+            match c.lease_keep_alive(lease).await {
+                Ok(_) => Ok(true),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if i32::from(s.code()) == grpc::NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// One plain attempt: the create-if-absent transaction, on a lease of the acquisition's
+    /// own. A key put on a lease granted before this attempt began is kept alive before it
+    /// counts, so the lease runs at least a TTL from after the attempt was sent.
+    async fn attempt(
+        &self,
+        request: &AcquireRequest,
+        acquired_at: SystemTime,
+    ) -> Result<Attempt, Error> {
+        let owner = &request.owner.id;
+        let (spare, older) = self.lease_for(owner, request.ttl).await?;
+        let lease = spare.id;
         let key = self.key(&request.name);
         let record = encode(&request.owner, request.ttl, acquired_at);
         let put = TxnOp::put(
@@ -819,26 +914,37 @@ impl EtcdBackend {
             )
             .await;
         // An error leaves it open whether the key was written on this lease: it is left to
-        // expire (with the key, if it was written and nobody renews it).
+        // expire (with the key, if it was written and nobody renews it), and not used again.
         match outcome? {
-            TxnOutcome::Done { revision, .. } => Ok(Attempt::Acquired {
-                version: revision,
-                token: revision,
-            }),
+            TxnOutcome::Done { revision, .. } => {
+                if older && !self.keep_alive("acquiring", lease).await? {
+                    // The lease ran out after the put: etcd deleted the key with it.
+                    return Ok(Attempt::Free);
+                }
+                Ok(Attempt::Acquired {
+                    version: revision,
+                    token: revision,
+                })
+            }
             TxnOutcome::Refused(current) => {
-                // The put did not happen: this lease holds nothing.
-                self.revoke_later(lease);
+                // The put did not happen: this lease holds nothing, and the next attempt of
+                // this acquisition uses it.
+                self.keep_spare(owner, spare);
                 match current {
                     Some(kv) => {
                         let holder = holder_of(&kv);
-                        if holder.owner.id == request.owner.id {
-                            Ok(Attempt::Acquired {
-                                version: kv.mod_revision(),
-                                token: kv.create_revision(),
-                            })
-                        } else {
-                            Ok(Attempt::Busy(holder))
+                        if holder.owner.id != *owner {
+                            return Ok(Attempt::Busy(holder));
                         }
+                        // An earlier attempt of ours whose answer was lost had put the key,
+                        // on a lease granted before this attempt: renew it before it counts.
+                        if !self.keep_alive("acquiring", kv.lease()).await? {
+                            return Ok(Attempt::Free);
+                        }
+                        Ok(Attempt::Acquired {
+                            version: kv.mod_revision(),
+                            token: kv.create_revision(),
+                        })
                     }
                     // Deleted between the compare and... a transaction is atomic, so only an
                     // odd server could answer this: look again.
@@ -1052,6 +1158,7 @@ impl Backend for EtcdBackend {
             poll_with_reads: false,
             notified_waiting: true,
             local_calls: false,
+            fair_waiting: false,
         }
     }
 
@@ -1133,25 +1240,9 @@ impl Backend for EtcdBackend {
                 }
                 TxnOutcome::Refused(_) => return Err(lost(&lease.name)),
             };
-            if etcd_lease != 0 {
-                let alive = self
-                    .request("renewing the lease", |mut c| async move {
-                        match c.lease_keep_alive(etcd_lease).await {
-                            Ok(_) => Ok(true),
-                            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
-                            Err(etcd_client::Error::GRpcStatus(s))
-                                if i32::from(s.code()) == grpc::NOT_FOUND =>
-                            {
-                                Ok(false)
-                            }
-                            Err(e) => Err(e),
-                        }
-                    })
-                    .await?;
-                if !alive {
-                    // The lease ran out: etcd deletes its key.
-                    return Err(lost(&lease.name));
-                }
+            if etcd_lease != 0 && !self.keep_alive("renewing the lease", etcd_lease).await? {
+                // The lease ran out: etcd deletes its key.
+                return Err(lost(&lease.name));
             }
             return Ok(Lease {
                 version: version_of(new_version),
