@@ -42,12 +42,38 @@ wait_for() { # URL NAME LOG
 }
 
 stop_stand_ins() {
+  touch "$standins_logs/stopping"
   for stop in "${standins_stops[@]}"; do eval "$stop" > /dev/null 2>&1 || true; done
   for pid in "${standins_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${standins_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$standins_logs"
 }
 trap stop_stand_ins EXIT
+
+# Runs a server in the background and starts it again whenever it exits, until the stand-ins
+# stop; its current pid is in $standins_logs/NAME.pid, so killing that pid restarts it.
+supervise() { # NAME COMMAND...
+  local name=$1
+  shift
+  (
+    while [ ! -e "$standins_logs/stopping" ]; do
+      "$@" >> "$standins_logs/$name.log" 2>&1 &
+      echo $! > "$standins_logs/$name.pid"
+      wait $!
+    done
+  ) &
+  standins_pids+=($!)
+  standins_stops+=("kill \$(cat '$standins_logs/$name.pid')")
+}
+
+# Writes a script that restarts server NAME and returns once it answers again, and exports
+# its path as DLOCK_TEST_<NAME>_RESTART (for `dlock-contend scale --restart`).
+restart_script() { # NAME BODY
+  local script="$standins_logs/restart-$1.sh"
+  printf '#!/bin/sh\nset -e\n%s\n' "$2" > "$script"
+  chmod 755 "$script"
+  export "DLOCK_TEST_$(echo "$1" | tr '[:lower:]' '[:upper:]')_RESTART=$script"
+}
 
 wait_for_port() { # PORT NAME LOG
   for _ in $(seq 1 400); do
@@ -132,26 +158,36 @@ standins_stops+=("as_db_user '$pg_bin/pg_ctl' -D '$pg_dir/data' -m immediate sto
 as_db_user psql -X -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
   -c "CREATE ROLE dlock LOGIN SUPERUSER PASSWORD 'dlock'" -c "CREATE DATABASE dlock_test OWNER dlock" > /dev/null
 export DLOCK_TEST_POSTGRES_URL="postgres://dlock:dlock@127.0.0.1:$pg_port/dlock_test"
+# A restart keeps the cluster on disk (a fast shutdown: sessions end, nothing is lost).
+pg_as_user=""
+[ "$(id -u)" = 0 ] && pg_as_user="runuser -u postgres --"
+restart_script postgres "$pg_as_user '$pg_bin/pg_ctl' -D '$pg_dir/data' -m fast -w -t 30 restart > /dev/null"
 
-# Redis: no persistence, loopback only.
+# Redis: loopback only, every write in the append-only file before it is answered, so a
+# restart loses no lock (without it a restarted Redis forgets every lock: see the README).
 redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-  > "$standins_logs/redis.log" 2>&1 &
-standins_pids+=($!)
+mkdir -p "$standins_logs/redis"
+supervise redis redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+  --appendonly yes --appendfsync everysec --dir "$standins_logs/redis"
 wait_for_port "$redis_port" "redis-server" "$standins_logs/redis.log"
 export DLOCK_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+# A restart: SHUTDOWN completes the file, and the supervisor starts the server again.
+restart_script redis "redis-cli -p $redis_port shutdown > /dev/null 2>&1 || true
+until redis-cli -p $redis_port ping 2>/dev/null | grep -q PONG; do sleep 0.05; done"
 
 # etcd: a one-member cluster on loopback, its data in the logs directory.
 etcd_port=$(free_port)
 etcd_peer_port=$(free_port)
-etcd --name dlock --data-dir "$standins_logs/etcd" \
+supervise etcd etcd --name dlock --data-dir "$standins_logs/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
   --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-  --initial-cluster "dlock=http://127.0.0.1:$etcd_peer_port" --log-level error \
-  > "$standins_logs/etcd.log" 2>&1 &
-standins_pids+=($!)
+  --initial-cluster "dlock=http://127.0.0.1:$etcd_peer_port" --log-level error
 wait_for "http://127.0.0.1:$etcd_port/health" "etcd" "$standins_logs/etcd.log"
 export DLOCK_TEST_ETCD_ENDPOINT="http://127.0.0.1:$etcd_port"
+# A restart: SIGTERM (etcd syncs its log and exits), and the supervisor starts it again.
+restart_script etcd "old=\$(cat '$standins_logs/etcd.pid'); kill \$old
+while [ \"\$(cat '$standins_logs/etcd.pid')\" = \"\$old\" ]; do sleep 0.05; done
+until curl -sf http://127.0.0.1:$etcd_port/health > /dev/null; do sleep 0.05; done"
 
 echo "== stand-ins up: PostgreSQL at 127.0.0.1:$pg_port, Redis at 127.0.0.1:$redis_port, etcd at 127.0.0.1:$etcd_port"

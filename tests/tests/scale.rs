@@ -1,8 +1,9 @@
 //! Scale runs through `dlock-contend scale`, at counts CI can afford: 4 processes × 100
 //! acquisitions on every backend (memory as 4 tasks), checked by the witness outside dlock (an
 //! O_EXCL marker file and a shared log with fencing tokens); one run with kills and stops on
-//! the file backend and one with faults, kills and stops on a remote stand-in; and the
-//! self-check that the witness does see overlaps when the lock is skipped.
+//! the file backend and one with faults, kills and stops on a remote stand-in; runs through
+//! restarts of the PostgreSQL, Redis and etcd servers; and the self-check that the witness does
+//! see overlaps when the lock is skipped.
 //!
 //! The remote runs need the stand-ins (`source /tmp/standins.env`, or `tests/run-all.sh`).
 
@@ -111,12 +112,17 @@ fn redis_four_processes() {
 
 #[test]
 fn etcd_four_processes() {
+    let text = clean_run(&etcd_url("scale"), &[]);
+    assert!(text.contains("strictly increasing"), "{text}");
+}
+
+/// The test etcd server with the key prefix `prefix/`.
+fn etcd_url(prefix: &str) -> String {
     let endpoint = stand_in("DLOCK_TEST_ETCD_ENDPOINT");
     let host = endpoint
         .split_once("://")
         .map_or(endpoint.as_str(), |(_, h)| h);
-    let text = clean_run(&format!("etcd://{host}/scale/"), &[]);
-    assert!(text.contains("strictly increasing"), "{text}");
+    format!("etcd://{host}/{prefix}/")
 }
 
 fn mongodb_url() -> String {
@@ -167,6 +173,52 @@ fn gcs_with_faults_kills_and_stops() {
     );
     assert!(text.contains(" requests: "), "no faults injected:\n{text}");
     assert!(!text.contains(" 0 killed"), "no kill happened:\n{text}");
+}
+
+/// The server restarts every 700 ms of the run (a fast shutdown; its data on disk): holders
+/// and waiters ride the restarts out (requests fail or go unanswered, connections drop and
+/// are made again), nobody overlaps, every acquisition completes and tokens keep increasing.
+fn with_server_restarts(url: &str, restart_variable: &str) {
+    let restart = stand_in(restart_variable);
+    let text = clean_run(
+        url,
+        &[
+            "--hold",
+            "5ms",
+            "--restart",
+            &restart,
+            "--restart-every",
+            "700ms",
+        ],
+    );
+    assert!(
+        !text.contains("restarts: 0"),
+        "no restart happened:\n{text}"
+    );
+    assert!(text.contains("strictly increasing"), "{text}");
+}
+
+#[test]
+fn postgres_with_server_restarts() {
+    let url = format!(
+        "{}?table=dlock_scale_restarts",
+        stand_in("DLOCK_TEST_POSTGRES_URL")
+    );
+    with_server_restarts(&url, "DLOCK_TEST_POSTGRES_RESTART");
+}
+
+#[test]
+fn redis_with_server_restarts() {
+    let url = format!(
+        "{}/?prefix=scale-restarts:",
+        stand_in("DLOCK_TEST_REDIS_URL")
+    );
+    with_server_restarts(&url, "DLOCK_TEST_REDIS_RESTART");
+}
+
+#[test]
+fn etcd_with_server_restarts() {
+    with_server_restarts(&etcd_url("scale-restarts"), "DLOCK_TEST_ETCD_RESTART");
 }
 
 /// The witness works: with the lock skipped, it sees overlaps and the run fails.

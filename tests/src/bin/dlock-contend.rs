@@ -1219,17 +1219,18 @@ fn scale(args: &ScaleArgs) -> Result<bool, String> {
     }
     println!();
     println!(
-        "| backend | processes | acquisitions | faults injected | kills | stops | holder knew first (lost) | overlaps | fencing tokens | longest stranded | result |"
+        "| backend | processes | acquisitions | faults injected | kills | stops | server restarts | holder knew first (lost) | overlaps | fencing tokens | longest stranded | result |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {}{lock_note} | {} | {} | {} | {} | {} | {} ({} taken over) | {} | {} | {} | {} |",
+        "| {}{lock_note} | {} | {} | {} | {} | {} | {} | {} ({} taken over) | {} | {} | {} | {} |",
         kind(&run.backend),
         workers_label(run),
         a.entries,
         faults,
         a.kills,
         a.stops,
+        outcome.restarts,
         a.lost,
         a.taken_over(),
         a.unexcused_overlaps() + a.unexcused_collisions(),
