@@ -510,7 +510,7 @@ async fn acquire_loop(
         done: false,
     };
     let key = caller.id();
-    let mut poll = Schedule::new(s.backoff.delays(), local::hold_estimate(key, &s.name));
+    let mut poll = Schedule::new(&s.backoff, local::hold_estimate(key, &s.name));
     let mut watch: Option<Watch> = None;
     let mut replace: Option<Version> = None;
     let mut holder: Option<Holder> = None;

@@ -27,6 +27,8 @@ pub(crate) struct Schedule {
     round_trip: Option<Duration>,
     /// Quick looks since the current holder was due.
     late_looks: u32,
+    /// The shortest gap between looks ([`crate::Backoff::with_poll_gap`]).
+    gap: Duration,
 }
 
 /// The moving average of `old` and `new`, weighing the new sample a quarter.
@@ -38,13 +40,14 @@ fn average(old: Option<Duration>, new: Duration) -> Duration {
 }
 
 impl Schedule {
-    pub fn new(backoff: Delays, hold: Option<Duration>) -> Self {
+    pub fn new(policy: &crate::Backoff, hold: Option<Duration>) -> Self {
         Schedule {
-            backoff,
+            backoff: policy.delays(),
             owner: None,
             hold,
             round_trip: None,
             late_looks: 0,
+            gap: policy.poll_gap(),
         }
     }
 
@@ -69,10 +72,11 @@ impl Schedule {
         }
     }
 
-    /// The gap between quick looks: about a round trip.
+    /// The gap between quick looks: about a round trip, or the configured gap if longer.
     fn quick(&self) -> Duration {
         self.round_trip
             .map_or(QUICK_MAX, |rt| rt.clamp(QUICK_MIN, QUICK_MAX))
+            .max(self.gap)
     }
 
     /// When to look next.
@@ -128,7 +132,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiters_sleep_until_the_holder_is_due_then_look_each_round_trip() {
-        let mut s = Schedule::new(crate::Backoff::default().with_seed(1).delays(), None);
+        let mut s = Schedule::new(&crate::Backoff::default().with_seed(1), None);
         let rt = Duration::from_millis(10);
         s.observe(&holder("a"), rt);
         assert!(
@@ -147,6 +151,26 @@ mod tests {
             steps,
             [rt, Duration::from_millis(10), Duration::from_millis(10)],
             "capped at a tenth of the hold"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_gap_spaces_the_looks_around_the_holders_end() {
+        let policy = crate::Backoff::default()
+            .with_seed(1)
+            .with_poll_gap(Duration::from_millis(30));
+        let mut s = Schedule::new(&policy, Some(Duration::from_millis(100)));
+        let rt = Duration::from_millis(10);
+        s.observe(&holder("a"), rt);
+        // Due 100 ms after it was first seen: sleep until one gap (not one round trip) before.
+        assert_eq!(s.next() - Instant::now(), Duration::from_millis(70));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.observe(&holder("a"), rt);
+        let steps: Vec<Duration> = (0..3).map(|_| s.next() - Instant::now()).collect();
+        assert_eq!(
+            steps,
+            [Duration::from_millis(30); 3],
+            "never closer than the gap"
         );
     }
 }

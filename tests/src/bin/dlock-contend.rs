@@ -59,7 +59,7 @@ use analysis::{Analysis, human, quantile};
 use clap::{Args, Parser, Subcommand};
 use dlock_runtime::conformance::{Calls, FaultyBackend};
 use dlock_runtime::{
-    AcquireOutcome, AcquireRequest, Backend, Error, Lock, LockName, Owner, Registry,
+    AcquireOutcome, AcquireRequest, Backend, Backoff, Error, Lock, LockName, Owner, Registry,
     backend_from_url,
 };
 use dlock_tests::fault_proxy::{Fault, FaultCounts, FaultProxy, Mode};
@@ -121,6 +121,10 @@ struct RunArgs {
     /// Skip the lock (self-check of the witness: it must see overlaps).
     #[arg(long, hide = true)]
     no_lock: bool,
+    /// The shortest gap between a polling waiter's looks (`Backoff::with_poll_gap`; default:
+    /// about a round trip).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    poll_gap: Duration,
 }
 
 #[derive(Args)]
@@ -177,6 +181,8 @@ struct ChildArgs {
     marker: PathBuf,
     #[arg(long)]
     no_lock: bool,
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    poll_gap: Duration,
 }
 
 /// `1ms`, `250us`, `2s`, `1m`, `100ns`, `0`.
@@ -292,8 +298,11 @@ fn io(e: std::io::Error) -> String {
 }
 
 /// The lock every worker takes, the way an application does.
-fn lock(name: &str, ttl: Duration) -> Lock {
-    Lock::new(name).ttl(ttl).wait_forever()
+fn lock(name: &str, ttl: Duration, poll_gap: Duration) -> Lock {
+    Lock::new(name)
+        .ttl(ttl)
+        .backoff(Backoff::default().with_poll_gap(poll_gap))
+        .wait_forever()
 }
 
 /// One worker process: `ready` on stdout, waits for a line on stdin, runs, then prints its
@@ -338,7 +347,7 @@ fn child(args: &ChildArgs) -> Result<(), String> {
             None
         } else {
             Some(loop {
-                match lock(&args.name, args.ttl).acquire_blocking() {
+                match lock(&args.name, args.ttl, args.poll_gap).acquire_blocking() {
                     Ok(guard) => break guard,
                     Err(e) if e.is_temporary() => counts.acquire_errors += 1,
                     Err(e) => return Err(format!("acquire: {e}")),
@@ -425,8 +434,13 @@ fn run_tasks(run: &RunArgs, ttl: Duration, files: &Files) -> Result<Outcome, Str
         let pid = std::process::id();
         let mut tasks = Vec::new();
         for task in 0..run.processes {
-            let (witness, name, hold, no_lock) =
-                (witness.clone(), files.name.clone(), run.hold, run.no_lock);
+            let (witness, name, hold, no_lock, poll_gap) = (
+                witness.clone(),
+                files.name.clone(),
+                run.hold,
+                run.no_lock,
+                run.poll_gap,
+            );
             let acquisitions = run.acquisitions;
             tasks.push(tokio::spawn(async move {
                 let id = format!("{pid}.{task}");
@@ -437,7 +451,7 @@ fn run_tasks(run: &RunArgs, ttl: Duration, files: &Files) -> Result<Outcome, Str
                         None
                     } else {
                         Some(loop {
-                            match lock(&name, ttl).acquire().await {
+                            match lock(&name, ttl, poll_gap).acquire().await {
                                 Ok(guard) => break guard,
                                 Err(e) if e.is_temporary() => counts.acquire_errors += 1,
                                 Err(e) => return Err(format!("acquire: {e}")),
@@ -546,6 +560,7 @@ struct Spawner {
     log: PathBuf,
     marker: PathBuf,
     no_lock: bool,
+    poll_gap: Duration,
 }
 
 impl Spawner {
@@ -557,6 +572,7 @@ impl Spawner {
             .args(["--acquisitions", &acquisitions.to_string()])
             .args(["--hold", &format!("{}ns", self.hold.as_nanos())])
             .args(["--ttl", &format!("{}ns", self.ttl.as_nanos())])
+            .args(["--poll-gap", &format!("{}ns", self.poll_gap.as_nanos())])
             .arg("--log")
             .arg(&self.log)
             .arg("--marker")
@@ -724,6 +740,7 @@ fn run_workers(
         log: files.log.clone(),
         marker: files.marker.clone(),
         no_lock: run.no_lock,
+        poll_gap: run.poll_gap,
     };
     let mut workers = Vec::new();
     for _ in 0..run.processes {
