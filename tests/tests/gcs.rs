@@ -1,5 +1,6 @@
-//! The GCS backend against fake-gcs-server on 127.0.0.1 (started by tests/run-all.sh), and on
-//! the wire for the one precondition fake-gcs-server ignores: `ifGenerationMatch` on DELETE.
+//! The GCS backend against fake-gcs-server on 127.0.0.1 (started by tests/run-all.sh, behind
+//! `tests/stand-ins/gcs_preconditions.py`, which enforces the `ifGenerationMatch` on DELETE
+//! that fake-gcs-server ignores), and on the wire for what dlock sends on DELETE.
 
 use dlock_runtime::{Backend, Error, GcsBackend, Lease, Lock, LockName, Owner, Version};
 use dlock_tests::{
@@ -25,12 +26,7 @@ fn gcs(prefix: &str) -> GcsBackend {
         .expect("gcs backend")
 }
 
-dlock_runtime::conformance_tests!(
-    conformance,
-    gcs("conformance/"),
-    Duration::from_secs(1),
-    stand_in_ignores_conditional_delete
-);
+dlock_runtime::conformance_tests!(conformance, gcs("conformance/"), Duration::from_secs(1));
 
 #[test]
 fn four_processes_never_overlap() {

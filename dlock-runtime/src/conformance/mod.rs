@@ -48,7 +48,6 @@ pub struct Conformance {
     /// The same backend as another process sees it.
     other: Arc<dyn Backend>,
     ttl: Duration,
-    delete_unconditional: bool,
 }
 
 /// Calls `$m!` with the name of every check, in order: the one list of the checks.
@@ -149,33 +148,12 @@ impl Conformance {
             other: Arc::new(FaultyBackend::new(backend.clone())),
             backend,
             ttl: Duration::from_millis(600),
-            delete_unconditional: false,
         }
     }
 
     /// Every check, one after the other.
     pub async fn run_all(&self) {
         run_each(self).await;
-    }
-
-    /// For a local stand-in that ignores preconditions on DELETE (fake-gcs-server): the
-    /// checks that a stale owner's conditional delete is refused cannot pass against it, so
-    /// they are left out, with a note on stderr. Prove the conditional delete on the wire
-    /// instead; never use this against the real store.
-    pub fn stand_in_ignores_conditional_delete(mut self) -> Self {
-        self.delete_unconditional = true;
-        self
-    }
-
-    /// Whether a stale owner's release can be checked against this server.
-    fn can_check_stale_release(&self, check: &str) -> bool {
-        if self.delete_unconditional {
-            eprintln!(
-                "{check}: not checking that a stale owner's release is refused: this stand-in ignores \
-                 DELETE preconditions (proven on the wire instead)"
-            );
-        }
-        !self.delete_unconditional
     }
 
     /// The lease the expiry checks use; lengthen it for slow stores.
@@ -484,14 +462,12 @@ impl Conformance {
             .take_as_other(&name, self.ttl * 10)
             .await
             .expect("takeover of a stale lock");
-        if self.can_check_stale_release("stale_holder_cannot_release_or_renew") {
-            let err = self
-                .backend
-                .release(&stale)
-                .await
-                .expect_err("a stale owner released the new holder's lock");
-            assert!(matches!(err, Error::Lost { .. }), "stale release: {err}");
-        }
+        let err = self
+            .backend
+            .release(&stale)
+            .await
+            .expect_err("a stale owner released the new holder's lock");
+        assert!(matches!(err, Error::Lost { .. }), "stale release: {err}");
         let err = self
             .backend
             .renew(&stale, self.ttl)
@@ -772,19 +748,17 @@ impl Conformance {
         let guard = self.acquire(&name).await;
         let current = self.holder(&name).await;
         assert_ne!(current.version, old, "a new acquisition is a new version");
-        if self.can_check_stale_release("stale_force_release_is_refused") {
-            let err = self
-                .backend
-                .force_release(&name, &old)
-                .await
-                .expect_err("a stale version freed a newer holder's lock");
-            assert!(matches!(err, Error::Changed { .. }), "{err}");
-            assert_eq!(
-                self.holder(&name).await.owner,
-                current.owner,
-                "a refused forced release changes nothing"
-            );
-        }
+        let err = self
+            .backend
+            .force_release(&name, &old)
+            .await
+            .expect_err("a stale version freed a newer holder's lock");
+        assert!(matches!(err, Error::Changed { .. }), "{err}");
+        assert_eq!(
+            self.holder(&name).await.owner,
+            current.owner,
+            "a refused forced release changes nothing"
+        );
         if !self.caps().leases {
             let err = self
                 .backend
