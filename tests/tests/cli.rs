@@ -450,9 +450,12 @@ fn status_and_signals_pass_through(store: Store) {
 }
 
 /// `kill -9` of dlock frees the lock: the file lock at once (the kernel), a lease after its ttl
-/// (3 s), not before.
+/// (3 s), not before. The lease runs from the holder's acquisition (or a server's grant), a few
+/// milliseconds before the test reads "ready" and kills it: never earlier than 3 s after the
+/// holder was started, and at most 100 ms earlier than 3 s after the kill.
 fn kill_9_frees_the_lock(store: Store) {
     let name = fresh_name("cli-kill9");
+    let spawned = Instant::now();
     let mut running = store.hold(&name, &["--ttl", "3s"], "echo ready $$; exec sleep 60");
     let command = running.word_pid(1);
     running.signal(Signal::KILL);
@@ -469,8 +472,13 @@ fn kill_9_frees_the_lock(store: Store) {
     assert_eq!(code(next.status), 0, "{}", text(&next));
     if store.leases {
         assert!(
-            waited >= Duration::from_secs(3),
-            "taken over after {waited:?}, inside the ttl"
+            start.duration_since(spawned) + waited >= Duration::from_secs(3),
+            "taken over {:?} after the holder was started, inside the ttl",
+            start.duration_since(spawned) + waited
+        );
+        assert!(
+            waited >= Duration::from_millis(2900),
+            "taken over {waited:?} after the kill, inside the ttl"
         );
         assert!(waited < Duration::from_secs(15), "took {waited:?}");
     } else {
