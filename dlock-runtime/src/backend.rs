@@ -340,7 +340,7 @@ pub struct Capabilities {
     /// holder that asks again right after its release does not overtake them. Otherwise the
     /// store has no queue, and the runtime makes a process that has just released a lock
     /// others were waiting for let them try first: it pauses a few of the store's round trips
-    /// (at least 5 ms, at most 100 ms) before asking again.
+    /// (at least 20 ms, at most 100 ms) before asking again.
     pub fair_waiting: bool,
 }
 

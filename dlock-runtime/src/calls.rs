@@ -54,6 +54,11 @@ impl Caller {
         backend_id(&self.backend)
     }
 
+    /// The backend instance.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     /// Whether calls run on the caller's thread (no network I/O).
     pub fn is_local(&self) -> bool {
         self.local

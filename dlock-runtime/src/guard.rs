@@ -101,7 +101,7 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if permit.is_some() {
-            crate::local::released(self.caller.id(), &self.name);
+            crate::local::released(self.caller.backend(), &self.name);
         }
     }
 }

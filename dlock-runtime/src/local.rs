@@ -161,8 +161,14 @@ pub(crate) fn check_blocking_wait(
 
 /// What this process remembers of a lock between its acquisitions: when it last released it,
 /// whether others were seen waiting for it lately, and how long holds of it last.
-#[derive(Clone, Copy, Debug)]
+///
+/// An entry is keyed by the backend instance's address and keeps a weak reference to it: the
+/// allocation cannot be reused by another instance while the entry exists, and an entry whose
+/// instance is gone is forgotten (one test's, or one configuration's, memory never leaks into
+/// another's).
+#[derive(Clone, Debug)]
 struct Recent {
+    backend: Weak<dyn Backend>,
     released: Option<Instant>,
     contended_until: Option<Instant>,
     hold: Option<Duration>,
@@ -174,8 +180,9 @@ const CONTENTION_MEMORY: Duration = Duration::from_secs(10);
 /// How soon after its own release a process's next attempt is polite.
 const COURTESY_WINDOW: Duration = Duration::from_secs(1);
 /// How long a polite process lets waiters try first: a few of the store's round trips, within
-/// these bounds.
-const COURTESY_MIN: Duration = Duration::from_millis(5);
+/// these bounds. A woken waiter needs the notification, a wake-up and its own attempt (on etcd
+/// a transaction and a keep-alive, each synced to disk): 20 ms covers that on a busy machine.
+const COURTESY_MIN: Duration = Duration::from_millis(20);
 const COURTESY_MAX: Duration = Duration::from_millis(100);
 
 fn recent() -> MutexGuard<'static, HashMap<Key, Recent>> {
@@ -186,26 +193,43 @@ fn recent() -> MutexGuard<'static, HashMap<Key, Recent>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if map.len() >= 1024 {
         let now = Instant::now();
-        map.retain(|_, r| r.contended_until.is_some_and(|until| until > now));
+        map.retain(|_, r| {
+            r.backend.strong_count() > 0 && r.contended_until.is_some_and(|until| until > now)
+        });
     }
     map
 }
 
-fn update(backend: usize, name: &LockName, f: impl FnOnce(&mut Recent)) {
+/// What this process remembers of `name` on `backend`, if anything.
+fn remembered(backend: &Arc<dyn Backend>, name: &LockName) -> Option<Recent> {
+    recent()
+        .get(&(crate::calls::backend_id(backend), name.clone()))
+        .filter(|r| r.backend.strong_count() > 0)
+        .cloned()
+}
+
+fn update(backend: &Arc<dyn Backend>, name: &LockName, f: impl FnOnce(&mut Recent)) {
     let mut map = recent();
-    let entry = map.entry((backend, name.clone())).or_insert(Recent {
+    let fresh = || Recent {
+        backend: Arc::downgrade(backend),
         released: None,
         contended_until: None,
         hold: None,
         round_trip: None,
-    });
+    };
+    let entry = map
+        .entry((crate::calls::backend_id(backend), name.clone()))
+        .or_insert_with(fresh);
+    if entry.backend.strong_count() == 0 {
+        *entry = fresh();
+    }
     f(entry);
 }
 
 /// Another owner was seen holding `name`; `hold` is how long holds of it last and
 /// `round_trip` how long a request takes, where known.
 pub(crate) fn saw_contention(
-    backend: usize,
+    backend: &Arc<dyn Backend>,
     name: &LockName,
     hold: Option<Duration>,
     round_trip: Option<Duration>,
@@ -218,27 +242,27 @@ pub(crate) fn saw_contention(
 }
 
 /// This process's turn at `name` ended (released, or lost).
-pub(crate) fn released(backend: usize, name: &LockName) {
+pub(crate) fn released(backend: &Arc<dyn Backend>, name: &LockName) {
     update(backend, name, |r| r.released = Some(Instant::now()));
 }
 
 /// How long holds of `name` last, as this process saw them.
-pub(crate) fn hold_estimate(backend: usize, name: &LockName) -> Option<Duration> {
-    recent().get(&(backend, name.clone())).and_then(|r| r.hold)
+pub(crate) fn hold_estimate(backend: &Arc<dyn Backend>, name: &LockName) -> Option<Duration> {
+    remembered(backend, name).and_then(|r| r.hold)
 }
 
 /// How long to let others try first: this process released `name` a moment ago, and others
 /// were waiting for it lately.
-pub(crate) fn courtesy(backend: usize, name: &LockName) -> Option<Duration> {
+pub(crate) fn courtesy(backend: &Arc<dyn Backend>, name: &LockName) -> Option<Duration> {
     let now = Instant::now();
-    let r = *recent().get(&(backend, name.clone()))?;
+    let r = remembered(backend, name)?;
     let just_released = r
         .released
         .is_some_and(|at| now < crate::time::after(at, COURTESY_WINDOW));
     let contended = r.contended_until.is_some_and(|until| now < until);
     let courtesy = r
         .round_trip
-        .map_or(COURTESY_MAX, |rt| rt.saturating_mul(3))
+        .map_or(COURTESY_MAX, |rt| rt.saturating_mul(5))
         .clamp(COURTESY_MIN, COURTESY_MAX);
     (just_released && contended).then_some(courtesy)
 }

@@ -509,7 +509,7 @@ async fn acquire_loop(
         waited: false,
         done: false,
     };
-    let key = caller.id();
+    let key = caller.backend();
     let mut poll = Schedule::new(&s.backoff, local::hold_estimate(key, &s.name));
     let mut watch: Option<Watch> = None;
     let mut replace: Option<Version> = None;
