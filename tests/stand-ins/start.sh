@@ -59,18 +59,28 @@ supervise() { # NAME COMMAND...
     while [ ! -e "$standins_logs/stopping" ]; do
       "$@" >> "$standins_logs/$name.log" 2>&1 &
       echo $! > "$standins_logs/$name.pid"
-      wait $!
+      # A server stopped by a signal exits non-zero: that must not end the loop (errexit).
+      wait $! || true
+      sleep 0.05
     done
   ) &
   standins_pids+=($!)
   standins_stops+=("kill \$(cat '$standins_logs/$name.pid')")
 }
 
-# Writes a script that restarts server NAME and returns once it answers again, and exports
-# its path as DLOCK_TEST_<NAME>_RESTART (for `dlock-contend scale --restart`).
+# Writes a script that restarts server NAME and returns once it answers again (or fails,
+# naming the server's log, if it does not within 30 s), and exports its path as
+# DLOCK_TEST_<NAME>_RESTART (for `dlock-contend scale --restart`). In BODY, `within WHAT CMD...`
+# waits until CMD succeeds.
 restart_script() { # NAME BODY
   local script="$standins_logs/restart-$1.sh"
-  printf '#!/bin/sh\nset -e\n%s\n' "$2" > "$script"
+  {
+    printf '#!/bin/sh\nset -e\n'
+    printf 'within() { what=$1; shift; i=0; until "$@"; do i=$((i+1)); '
+    printf 'if [ $i -ge 600 ]; then echo "%s: $what within 30 s; see %s" >&2; exit 1; fi; ' \
+      "$1" "$standins_logs/$1.log"
+    printf 'sleep 0.05; done; }\n%s\n' "$2"
+  } > "$script"
   chmod 755 "$script"
   export "DLOCK_TEST_$(echo "$1" | tr '[:lower:]' '[:upper:]')_RESTART=$script"
 }
@@ -179,7 +189,8 @@ wait_for_port "$redis_port" "redis-server" "$standins_logs/redis.log"
 export DLOCK_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 # A restart: SHUTDOWN completes the file, and the supervisor starts the server again.
 restart_script redis "redis-cli -p $redis_port shutdown > /dev/null 2>&1 || true
-until redis-cli -p $redis_port ping 2>/dev/null | grep -q PONG; do sleep 0.05; done"
+pong() { redis-cli -p $redis_port ping 2>/dev/null | grep -q PONG; }
+within 'it did not answer again' pong"
 
 # etcd: a one-member cluster on loopback, its data in the logs directory.
 etcd_port=$(free_port)
@@ -193,7 +204,8 @@ wait_for "http://127.0.0.1:$etcd_port/health" "etcd" "$standins_logs/etcd.log"
 export DLOCK_TEST_ETCD_ENDPOINT="http://127.0.0.1:$etcd_port"
 # A restart: SIGTERM (etcd syncs its log and exits), and the supervisor starts it again.
 restart_script etcd "old=\$(cat '$standins_logs/etcd.pid'); kill \$old
-while [ \"\$(cat '$standins_logs/etcd.pid')\" = \"\$old\" ]; do sleep 0.05; done
-until curl -sf http://127.0.0.1:$etcd_port/health > /dev/null; do sleep 0.05; done"
+changed() { [ \"\$(cat '$standins_logs/etcd.pid')\" != \"\$old\" ]; }
+within 'its supervisor did not start it again' changed
+within 'it did not answer again' curl -sf -o /dev/null http://127.0.0.1:$etcd_port/health"
 
 echo "== stand-ins up: PostgreSQL at 127.0.0.1:$pg_port, Redis at 127.0.0.1:$redis_port, etcd at 127.0.0.1:$etcd_port"
