@@ -53,6 +53,66 @@ async fn a_lost_race_is_a_duplicate_key_answered_as_busy_and_a_retry_is_ours() {
     assert_eq!(holder.fencing_token, first.fencing_token);
 }
 
+/// A refused attempt is one request whose answer names the holder: the update leaves a held
+/// record as it is and returns it (a refusal as a duplicate key needed a read after it, two
+/// requests per refused attempt). The fencing counter moves only when the lock is taken.
+#[tokio::test]
+async fn a_refused_attempt_is_one_request_that_names_the_holder() {
+    use dlock_runtime::{AcquireOutcome, AcquireRequest, Backend, LockName, Owner};
+    use dlock_tests::fault_proxy::FaultProxy;
+    let holder = mongo("refusals");
+    let proxy = FaultProxy::start(dlock_tests::fault_matrix::upstream_of(&uri()));
+    let waiter = MongoBackend::builder()
+        .uri(format!(
+            "mongodb://{}/dlock_test?directConnection=true",
+            proxy.addr()
+        ))
+        .collection("refusals")
+        .build()
+        .expect("settings");
+    let lock = LockName::new(dlock_tests::fresh_name("refused")).expect("name");
+    let ttl = Duration::from_secs(30);
+    let request = AcquireRequest::new(lock.clone(), Owner::generate(), ttl);
+    let AcquireOutcome::Acquired(held) = holder
+        .try_acquire(&AcquireRequest::new(lock.clone(), Owner::generate(), ttl))
+        .await
+        .expect("attempt")
+    else {
+        panic!("a fresh lock is free")
+    };
+    waiter.inspect(&lock).await.expect("connect");
+    let before = proxy.requests();
+    for _ in 0..10 {
+        match waiter.try_acquire(&request).await.expect("attempt") {
+            AcquireOutcome::Busy(h) => {
+                assert_eq!(
+                    (&h.owner.id, &h.version, h.fencing_token),
+                    (&held.owner.id, &held.version, held.fencing_token)
+                );
+            }
+            other => panic!("held: {other:?}"),
+        }
+    }
+    // The driver's monitoring may add a heartbeat or two in between.
+    let refused = proxy.requests() - before;
+    eprintln!("ten refused attempts: {refused} requests on the wire");
+    assert!(
+        refused <= 12,
+        "ten refused attempts, one request each (with a read after each: 20), not {refused}"
+    );
+    holder.release(&held).await.expect("release");
+    let AcquireOutcome::Acquired(mine) = waiter.try_acquire(&request).await.expect("attempt")
+    else {
+        panic!("released")
+    };
+    assert_eq!(
+        mine.fencing_token,
+        held.fencing_token.map(|t| t + 1),
+        "ten refusals did not move the counter"
+    );
+    waiter.release(&mine).await.expect("release");
+}
+
 #[tokio::test]
 async fn the_gc_index_is_created() {
     let backend = MongoBackend::builder()

@@ -1,10 +1,13 @@
 //! MongoDB: one document per lock name (`_id` = the name), written with conditional updates.
 //!
-//! Acquire is one `findOneAndUpdate` with upsert whose filter matches only a free (released)
-//! record or — for a takeover — the version a waiter saw unchanged for a whole lease. If the
-//! lock is held, the filter matches nothing and the upsert's insert collides on `_id`:
-//! duplicate key (11000) means busy. The same update `$inc`s a fencing counter that release
-//! keeps. Times are the server's (`$currentDate`), never a client clock, and no decision
+//! Acquire is one `findOneAndUpdate` with upsert on `_id` whose update (an aggregation
+//! pipeline, MongoDB 4.2+) takes the record only if it is free (released) or — for a takeover —
+//! still has the version a waiter saw unchanged for a whole lease, and leaves it as it is
+//! otherwise. The answer is the record after the update: ours, or the holder's, so a refused
+//! attempt needs no second request to learn who holds the lock. Two first attempts on a name
+//! that has no record yet race on the upsert's insert: the loser gets a duplicate key (11000)
+//! and reads the holder. Taking the lock adds one to a fencing counter that release keeps.
+//! Times are the server's (`$$NOW`, `$currentDate`), never a client clock, and no decision
 //! depends on them. An optional TTL index removes records unused for a long time; correctness
 //! never relies on it (a removed record restarts its fencing tokens, so keep it long).
 
@@ -15,7 +18,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReturnDocument,
-    WriteConcern,
+    UpdateModifications, WriteConcern,
 };
 use mongodb::{Client, Collection, IndexModel};
 use std::fmt;
@@ -32,7 +35,8 @@ const MIN_GC_AFTER: Duration = Duration::from_secs(3600);
 /// late, never early; a held record is rewritten every third of its ttl.
 const TTL_MONITOR_PERIOD: Duration = Duration::from_secs(60);
 
-/// Locks as documents of a MongoDB collection.
+/// Locks as documents of a MongoDB collection (MongoDB 4.2 or later: an attempt is one update
+/// with an aggregation pipeline, whose answer names the holder when the lock is taken).
 ///
 /// Configure with [`MongoBackend::builder`], [`MongoBackend::from_env`] (`DLOCK_MONGODB_URI`)
 /// or the URL `mongodb://host:port/db?collection=locks` (any MongoDB connection string; the
@@ -329,6 +333,49 @@ fn holder(document: Option<&Document>) -> Option<Holder> {
     })
 }
 
+/// The update (an aggregation pipeline, MongoDB 4.2+) that takes the lock named by `_id` if it
+/// is free — or, for a takeover, still has the `stale` version — and otherwise leaves the record
+/// as it is. Either way the answer is the record after the update: ours (`version`), or the
+/// holder's, so a refused attempt costs one request. The fencing counter goes up only when the
+/// lock is taken; times are the server's (`$$NOW`). Every client value is a `$literal`, never
+/// read as a field path or an operator.
+fn take(lease: &Lease, version: &str, stale: Option<&str>) -> Vec<Document> {
+    let free = doc! { "$eq": [{ "$ifNull": ["$owner", null] }, null] };
+    let wins = match stale {
+        Some(stale) => {
+            doc! { "$or": [free, { "$eq": ["$record_version", { "$literal": stale }] }] }
+        }
+        None => free,
+    };
+    let if_won = |value: Bson, field: &str| -> Bson {
+        doc! { "$cond": ["$_won", value, format!("${field}")] }.into()
+    };
+    let literal = |value: Bson| -> Bson { doc! { "$literal": value }.into() };
+    let mut set = Document::new();
+    for (field, value) in [
+        ("owner", literal(lease.owner.id.clone().into())),
+        ("host", literal(lease.owner.host.clone().into())),
+        ("pid", literal(i64::from(lease.owner.pid).into())),
+        ("ttl_ms", literal(millis(lease.ttl).into())),
+        ("record_version", literal(version.into())),
+        (
+            "fencing_token",
+            doc! { "$add": [{ "$ifNull": ["$fencing_token", 0_i64] }, 1_i64] }.into(),
+        ),
+        ("acquired_at", "$$NOW".into()),
+        ("seen_at", "$$NOW".into()),
+    ] {
+        set.insert(field, if_won(value, field));
+    }
+    vec![
+        doc! { "$set": { "_won": wins } },
+        doc! {
+            "$set": set
+        },
+        doc! { "$unset": "_won" },
+    ]
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(crate::time::millis(d)).unwrap_or(i64::MAX)
 }
@@ -376,34 +423,22 @@ impl ConditionalStore for MongoBackend {
         let version = crate::backend::random_id();
         let name = lease.name.as_str();
         let (filter, update, upsert) = match condition {
-            Condition::Free | Condition::Replace(_) => {
-                let free = match condition {
-                    Condition::Replace(stale) => {
-                        doc! { "$or": [{ "owner": null }, { "record_version": stale.as_str() }] }
-                    }
-                    _ => doc! { "owner": null },
-                };
-                let mut filter = doc! { "_id": name };
-                filter.extend(free);
-                let update = doc! {
-                    "$set": {
-                        "owner": &lease.owner.id,
-                        "host": &lease.owner.host,
-                        "pid": i64::from(lease.owner.pid),
-                        "ttl_ms": millis(lease.ttl),
-                        "record_version": &version,
-                    },
-                    "$inc": { "fencing_token": 1_i64 },
-                    "$currentDate": { "acquired_at": true, "seen_at": true },
-                };
-                (filter, update, true)
-            }
+            Condition::Free => (
+                doc! { "_id": name },
+                UpdateModifications::Pipeline(take(lease, &version, None)),
+                true,
+            ),
+            Condition::Replace(stale) => (
+                doc! { "_id": name },
+                UpdateModifications::Pipeline(take(lease, &version, Some(stale.as_str()))),
+                true,
+            ),
             Condition::Renew(current) => (
                 doc! { "_id": name, "owner": &lease.owner.id, "record_version": current.as_str() },
-                doc! {
+                UpdateModifications::Document(doc! {
                     "$set": { "ttl_ms": millis(lease.ttl), "record_version": &version },
                     "$currentDate": { "seen_at": true },
-                },
+                }),
                 false,
             ),
         };
@@ -413,11 +448,19 @@ impl ConditionalStore for MongoBackend {
             .return_document(ReturnDocument::After)
             .await;
         match result {
-            Ok(Some(document)) => Ok(Write::Done {
-                version: Version::new(version),
-                fencing_token: holder(Some(&document)).and_then(|h| h.fencing_token),
-            }),
-            // No match without upsert, or the upsert's insert met the held record's _id.
+            Ok(Some(document))
+                if document.get_str("record_version").ok() == Some(version.as_str()) =>
+            {
+                Ok(Write::Done {
+                    version: Version::new(version),
+                    fencing_token: holder(Some(&document)).and_then(|h| h.fencing_token),
+                })
+            }
+            // The record names another holder (or, after a lost answer, an earlier attempt
+            // of ours): the refusal carries it, no read needed.
+            Ok(Some(document)) => Ok(Write::Refused(holder(Some(&document)))),
+            // A renewal that matched nothing, or the upsert's insert met a record created
+            // meanwhile (a duplicate key; some servers answer no document instead).
             Ok(None) => Ok(Write::Refused(None)),
             Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(Write::Refused(None)),
             Err(e) => Err(self.error("writing the lock record", e)),
