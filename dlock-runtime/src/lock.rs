@@ -551,6 +551,12 @@ async fn acquire_loop(
                 }
                 Ok(AcquireOutcome::Busy(h)) => {
                     attempts.waited = true;
+                    if takeover.is_some() {
+                        // A refused takeover starts a fresh watch instead of spinning. (One
+                        // that failed keeps its watch: the next look at the same version
+                        // tries again at once, not a whole lease later.)
+                        watch = None;
+                    }
                     Ok(Some(h))
                 }
                 Err(e) => Err(e),
@@ -581,8 +587,6 @@ async fn acquire_loop(
                     match &watch {
                         Some(w) if w.version == h.version => {
                             if Instant::now() >= w.stale_at() {
-                                // A refused takeover starts a fresh watch instead of spinning.
-                                watch = None;
                                 replace = Some(h.version.clone());
                                 write = true;
                                 holder = Some(h);

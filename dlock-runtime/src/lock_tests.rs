@@ -92,6 +92,34 @@ async fn a_renewed_record_is_never_taken_over() {
     holder.release().await.expect("release");
 }
 
+/// A takeover attempt that fails (no answer, a 5xx) is tried again as soon as a look finds the
+/// same stale version: the version has still been unchanged for a whole lease, so the waiter
+/// does not watch it for another one (a killed holder's lock stayed stranded 2 ttl that way).
+#[tokio::test(start_paused = true)]
+async fn a_failed_takeover_is_retried_without_watching_another_lease() {
+    let backend = faulty();
+    dead_holder(&backend, Duration::from_secs(10)).await;
+    // The first look, the look when the version turns stale, then the takeover write fails.
+    backend.on_acquire([
+        Fault::Delay(Duration::ZERO),
+        Fault::Delay(Duration::ZERO),
+        Fault::Fail,
+    ]);
+    let start = Instant::now();
+    let guard = lock()
+        .timeout(Duration::from_secs(60))
+        .acquire_on(backend.clone())
+        .await
+        .expect("takeover");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(10), "{waited:?}");
+    assert!(
+        waited < Duration::from_secs(11),
+        "retried after a backoff, not another lease: {waited:?}"
+    );
+    guard.release().await.expect("release");
+}
+
 #[tokio::test(start_paused = true)]
 async fn timeout_is_exact_and_a_notified_waiter_makes_no_extra_requests() {
     let backend = faulty();

@@ -323,6 +323,8 @@ pub enum AcqStep {
         id: u8,
         /// Whether this is the extra write after a read-back found no record.
         again: bool,
+        /// Whether the attempt is a takeover (its write replaces a stale version).
+        takeover: bool,
     },
     /// The protocol's read-back after a refused write.
     ReadBack {
@@ -330,6 +332,8 @@ pub enum AcqStep {
         id: u8,
         /// As in `Write`.
         again: bool,
+        /// As in `Write`.
+        takeover: bool,
     },
     /// A poll with a read.
     Poll {
@@ -670,12 +674,17 @@ impl LockModel {
         s.clients[usize::from(c)].attempts_left -= 1;
         a.sent = now;
         if a.write {
+            let takeover = a.replace.is_some();
             let op = match a.replace.take() {
                 Some(v) => Op::Replace(v),
                 None => Op::Create,
             };
             let id = self.send(s, c, op);
-            a.step = AcqStep::Write { id, again: false };
+            a.step = AcqStep::Write {
+                id,
+                again: false,
+                takeover,
+            };
         } else {
             let id = self.send(s, c, Op::Read);
             a.step = AcqStep::Poll { id };
@@ -727,7 +736,6 @@ impl LockModel {
         match a.watch {
             Some(w) if w.version == version => {
                 if now >= self.stale_at(w.since) {
-                    a.watch = None;
                     a.replace = Some(version);
                     a.write = true;
                     // `continue`: the takeover write goes out at once.
@@ -758,22 +766,48 @@ impl LockModel {
                 (AcqStep::Write { .. }, Answer::Written { version, token }) => {
                     self.acquired(s, c, a, version, token)
                 }
-                (AcqStep::Write { again, .. }, Answer::Refused) => {
+                (
+                    AcqStep::Write {
+                        again, takeover, ..
+                    },
+                    Answer::Refused,
+                ) => {
                     let id = self.send(s, c, Op::Read);
                     s.clients[usize::from(c)].phase = Phase::Acquiring(Acquiring {
-                        step: AcqStep::ReadBack { id, again },
+                        step: AcqStep::ReadBack {
+                            id,
+                            again,
+                            takeover,
+                        },
                         ..a
                     });
                 }
-                (AcqStep::ReadBack { again, .. }, Answer::Record(r)) => match r {
+                (
+                    AcqStep::ReadBack {
+                        again, takeover, ..
+                    },
+                    Answer::Record(r),
+                ) => match r {
                     Some((owner, version, token)) if owner == c => {
                         self.acquired(s, c, a, version, token)
                     }
-                    Some((_, version, _)) => self.busy(s, c, a, version),
+                    Some((_, version, _)) => {
+                        // A refused takeover starts a fresh watch; a failed one keeps it.
+                        let a = if takeover {
+                            Acquiring { watch: None, ..a }
+                        } else {
+                            a
+                        };
+                        self.busy(s, c, a, version)
+                    }
                     None if !again => {
                         let id = self.send(s, c, Op::Create);
                         s.clients[usize::from(c)].phase = Phase::Acquiring(Acquiring {
-                            step: AcqStep::Write { id, again: true },
+                            step: AcqStep::Write {
+                                id,
+                                again: true,
+                                takeover,
+                            },
                             ..a
                         });
                     }
