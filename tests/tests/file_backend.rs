@@ -347,3 +347,58 @@ async fn waiters_get_the_lock_in_arrival_order() {
     }
     assert_eq!(*order.lock().expect("order"), [1, 2, 3, 0]);
 }
+
+/// Waiters do not wake each other: one change of the lock file wakes each waiter once, it
+/// looks, finds the lock still held and sleeps again. (A waiter that watched through a
+/// descriptor opened for writing woke every other waiter when it closed it, and they it: a
+/// storm of looks that ran on by itself, ~2,400 per acquisition with 8 processes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_do_not_wake_each_other() {
+    use dlock_runtime::conformance::FaultyBackend;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = fresh_name("herd");
+    let holder = Lock::new(name.as_str())
+        .acquire_on(Arc::new(FileBackend::new(dir.path()).expect("dir")))
+        .await
+        .expect("acquire");
+    let mut waiters = Vec::new();
+    let mut counted = Vec::new();
+    for _ in 0..4 {
+        let backend = Arc::new(FaultyBackend::new(Arc::new(
+            FileBackend::new(dir.path()).expect("dir"),
+        )));
+        counted.push(backend.clone());
+        let name = name.clone();
+        waiters.push(tokio::spawn(async move {
+            Lock::new(name.as_str())
+                .timeout(Duration::from_millis(1500))
+                .acquire_on(backend)
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Something else closes the lock file after writing: every watch wakes once.
+    let path = FileBackend::new(dir.path())
+        .expect("dir")
+        .path_for(&LockName::new(name.as_str()).expect("name"));
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open"),
+    );
+    for waiter in waiters {
+        assert!(
+            waiter.await.expect("waiter").is_err(),
+            "the lock stays held"
+        );
+    }
+    let looks: Vec<usize> = counted.iter().map(|b| b.calls().acquires).collect();
+    eprintln!("looks per waiter: {looks:?}");
+    // The first look, one after the wake-up, a last one at the deadline (3), and one spare.
+    assert!(
+        looks.iter().all(|&n| n <= 4),
+        "each waiter looked a few times, not in a storm: {looks:?}"
+    );
+    holder.release().await.expect("release");
+}
