@@ -63,6 +63,15 @@ run etcd "etcd://$etcd_host/reliability/" "${faults[@]}" \
   --restart "$DLOCK_TEST_ETCD_RESTART" "${restarts[@]}"
 run gcs "gs://$DLOCK_TEST_GCS_BUCKET/reliability" --acquisitions 2500 --hold 0
 run gcs "gs://$DLOCK_TEST_GCS_BUCKET/reliability" "${faults[@]}"
+if wants gcs; then
+  # fake-gcs-server with its objects on disk, restarted (its own instance: the stand-ins' one
+  # keeps them in memory).
+  echo "== gcs on disk ${faults[*]}, restarts" >&2
+  out=$(RESTART_EVERY=9s tests/gcs-restarts.sh filesystem --processes 4 "${faults[@]}" --slack 3s 2>&1)
+  echo "$out" | grep -E '^\| gcs'
+  echo "$out" | grep -E '^FAILED' >&2
+  echo "$out" | grep -q ' | ok |$' || failed=1
+fi
 run mongodb "$mongo?collection=reliability&directConnection=true" --acquisitions 2500 --hold 0
 run mongodb "$mongo?collection=reliability&directConnection=true" "${faults[@]}"
 run s3 "s3://$DLOCK_TEST_S3_BUCKET/reliability" --acquisitions 2500 --hold 0
