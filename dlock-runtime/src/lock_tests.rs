@@ -44,10 +44,9 @@ fn span(ttl: Duration) -> Duration {
     ttl - ttl / 100
 }
 
-#[tokio::test(start_paused = true)]
-async fn takeover_happens_one_ttl_after_the_version_was_first_seen() {
-    let backend = faulty();
-    dead_holder(&backend, Duration::from_secs(10)).await;
+/// Takes over the lock `backend` holds for a dead holder whose 10 s lease began just now: the
+/// guard, and how long that took (never less than the lease).
+async fn take_over(backend: &Arc<FaultyBackend>) -> (LockGuard, Duration) {
     let start = Instant::now();
     let guard = lock()
         .timeout(Duration::from_secs(60))
@@ -56,6 +55,14 @@ async fn takeover_happens_one_ttl_after_the_version_was_first_seen() {
         .expect("takeover");
     let waited = start.elapsed();
     assert!(waited >= Duration::from_secs(10), "{waited:?}");
+    (guard, waited)
+}
+
+#[tokio::test(start_paused = true)]
+async fn takeover_happens_one_ttl_after_the_version_was_first_seen() {
+    let backend = faulty();
+    dead_holder(&backend, Duration::from_secs(10)).await;
+    let (guard, waited) = take_over(&backend).await;
     assert!(
         waited < Duration::from_secs(10) + Duration::from_millis(5),
         "woke at the stale time: {waited:?}"
@@ -105,14 +112,7 @@ async fn a_failed_takeover_is_retried_without_watching_another_lease() {
         Fault::Delay(Duration::ZERO),
         Fault::Fail,
     ]);
-    let start = Instant::now();
-    let guard = lock()
-        .timeout(Duration::from_secs(60))
-        .acquire_on(backend.clone())
-        .await
-        .expect("takeover");
-    let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(10), "{waited:?}");
+    let (guard, waited) = take_over(&backend).await;
     assert!(
         waited < Duration::from_secs(11),
         "retried after a backoff, not another lease: {waited:?}"

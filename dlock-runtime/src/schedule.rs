@@ -72,7 +72,7 @@ impl Schedule {
                 // looks: count from the middle of that gap. (Counting from this look, a waiter
                 // that slept through the change would expect the new holder a whole gap late,
                 // and look in the middle of every later hold, never in the moment between.)
-                let changed = previous.map_or(now, |p| p + (now - p) / 2).max(*since);
+                let changed = previous.map_or(now, |p| p + (now - p) / 2);
                 self.hold = Some(average(self.hold, changed - *since));
                 self.owner = Some((holder.owner.id.clone(), changed));
                 self.late_looks = 0;

@@ -208,13 +208,6 @@ impl FileBackend {
         }
     }
 
-    /// Whether `owner` waits with its place marked on `file` (the lock file there now).
-    fn has_place_on(&self, owner: &Owner, file: &File) -> bool {
-        self.waiting()
-            .get(&owner.id)
-            .is_some_and(|place| same_inode(&place.file, file))
-    }
-
     /// Lets a waiter that has waited longer than `owner` (anyone, if `owner` is not waiting)
     /// take the free lock of `file` first, for at most [`YIELD`]. Returns the holder if
     /// someone took it meanwhile.
@@ -398,34 +391,25 @@ impl Backend for FileBackend {
             // Held right now: answer busy through a read-only descriptor. Closing a file opened
             // for writing wakes every waiter's watch (IN_CLOSE_WRITE); closing this one wakes
             // nobody, so waiters' own attempts do not wake each other.
-            let mut yielded = false;
             if let Some(seen) = open_read_only(&path).map_err(|e| io_error(&path, e))? {
                 if holder_marked(&seen) && same_file(&seen, &path) {
                     self.take_place(&request.owner, &seen);
                     return Ok(AcquireOutcome::Busy(read_holder(&seen, None, false).await));
                 }
-                // Free (or being taken), and this waiter has its place on the file: let a
-                // waiter that came first take it, still through the read-only descriptor (a
-                // junior that opened the file for writing woke every waiter again when it
-                // closed it).
-                if self.has_place_on(&request.owner, &seen) {
-                    if let Some(holder) =
-                        self.yield_to_seniors(&request.owner, &seen, &path).await?
-                    {
-                        return Ok(AcquireOutcome::Busy(holder));
-                    }
-                    yielded = true;
+                // Free (or being taken): let a waiter that came first take it, still through
+                // the read-only descriptor (a junior that opened the file for writing woke
+                // every waiter again when it closed it).
+                if let Some(holder) = self.yield_to_seniors(&request.owner, &seen, &path).await? {
+                    self.take_place(&request.owner, &seen);
+                    return Ok(AcquireOutcome::Busy(holder));
                 }
             }
+            // Opened for writing only to take the lock. (Waiters that marked a file created or
+            // replaced since the look above are not waited for: arrivals that close together
+            // are not ordered.)
             let Some(file) = self.open(&path, true)? else {
                 continue;
             };
-            if !yielded
-                && let Some(holder) = self.yield_to_seniors(&request.owner, &file, &path).await?
-            {
-                self.take_place(&request.owner, &file);
-                return Ok(AcquireOutcome::Busy(holder));
-            }
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {

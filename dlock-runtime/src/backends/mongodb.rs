@@ -423,16 +423,18 @@ impl ConditionalStore for MongoBackend {
         let version = crate::backend::random_id();
         let name = lease.name.as_str();
         let (filter, update, upsert) = match condition {
-            Condition::Free => (
-                doc! { "_id": name },
-                UpdateModifications::Pipeline(take(lease, &version, None)),
-                true,
-            ),
-            Condition::Replace(stale) => (
-                doc! { "_id": name },
-                UpdateModifications::Pipeline(take(lease, &version, Some(stale.as_str()))),
-                true,
-            ),
+            Condition::Free | Condition::Replace(_) => {
+                let stale = match condition {
+                    Condition::Replace(stale) => Some(stale.as_str()),
+                    _ => None,
+                };
+                let update = take(lease, &version, stale);
+                (
+                    doc! { "_id": name },
+                    UpdateModifications::Pipeline(update),
+                    true,
+                )
+            }
             Condition::Renew(current) => (
                 doc! { "_id": name, "owner": &lease.owner.id, "record_version": current.as_str() },
                 UpdateModifications::Document(doc! {
