@@ -369,18 +369,11 @@ async fn expiry_is_decided_by_the_servers_lease() {
     servers::assert_expired_lease_is_replaced(&backend, &lock, dead).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_releaser_that_asks_again_lets_the_woken_waiter_in_first() {
-    // Two backend instances: to the runtime, two processes.
-    let a: Arc<dyn Backend> = Arc::new(backend("dlock-turns/"));
-    let b: Arc<dyn Backend> = Arc::new(backend("dlock-turns/"));
-    let out_of_order = servers::turns_taken_out_of_order(&a, &b, &fresh_name("turns"), 10).await;
-    // On a loaded machine a woken waiter can, once, be slower than the releaser's pause.
-    assert!(
-        out_of_order <= 1,
-        "a releaser overtook the waiter it had woken {out_of_order} times"
-    );
-}
+// No turns test here (`servers::turns_taken_out_of_order`, run on Redis and PostgreSQL): on
+// etcd it does not tell the courtesy from its absence. Without the pause the releaser overtook
+// its woken waiter 0-2 times in 10 turns, with it up to 3 times under a loaded test run: an
+// etcd acquisition (a transaction and a keep-alive, each synced to disk) races the watch
+// either way. The 4 x 100 bench shows the effect instead (barging 62% -> 6%).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiting_process_within_milliseconds() {
